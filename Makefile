@@ -1,0 +1,33 @@
+# The two commands: `make run` (the demo on this machine) and `make test` (the whole suite).
+# Both set everything up first; see scripts/bootstrap.sh.
+
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_BROKER_PORT ?= 1883
+
+.PHONY: run test bench lint bootstrap clean
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+## run: start the daemon in --demo mode (web UI on http://127.0.0.1:8080), with a local
+## mosquitto on 127.0.0.1 when one is installed and the port is free.
+run: bootstrap
+	@bash scripts/run-demo.sh
+
+## test: lint, type-check and run the whole suite.
+test: bootstrap lint
+	$(BIN)/pytest
+
+## lint: ruff and mypy --strict.
+lint: bootstrap
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/mypy
+
+## bench: benchmarks, each printed as a ratio against a bare baseline from the same run.
+bench: bootstrap
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,272 @@
+"""The App: build everything from Settings, supervise it, stop and reload cleanly.
+
+Order of start-up matters on a Pi after a power cut: the state folder and the HTTP socket
+are checked first (errors there are configuration errors, exit 2), then every component
+starts under one :class:`asyncio.TaskGroup`, and only then systemd hears READY=1.
+SIGTERM/SIGINT stop everything; SIGHUP re-reads the file, applies what can change live
+and logs what needs a restart. An invalid file on reload is rejected and the running
+configuration kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.component import Backoff, Component, Health, supervise
+from gateway.config import Settings, flatten, load_settings
+from gateway.errors import ConfigError, StartupError
+from gateway.log import get_logger, set_level
+from gateway.metrics import build_registry
+from gateway.system import SystemMonitor
+from gateway.systemd import Notifier, watchdog_interval
+from gateway.web import HealthReport, WebServer
+
+__all__ = ["LIVE_KEYS", "App"]
+
+_log = get_logger("app")
+
+LIVE_KEYS: tuple[str, ...] = ("log.level", "gateway.name", "relays.*.label", "hotspots.*.label")
+"""Keys applied on SIGHUP without a restart (``*`` matches one name)."""
+
+STOP_TIMEOUT_S = 4.0
+"""Components get this long to finish after SIGTERM; systemd allows more, we promise 5 s."""
+
+
+def _is_live(key: str) -> bool:
+    parts = key.split(".")
+    for pattern in LIVE_KEYS:
+        wanted = pattern.split(".")
+        if len(wanted) == len(parts) and all(
+            w in ("*", p) for w, p in zip(wanted, parts, strict=True)
+        ):
+            return True
+    return False
+
+
+def changed_keys(old: Settings, new: Settings) -> list[str]:
+    """Every flattened key whose value differs between two configurations."""
+    before, after = flatten(old), flatten(new)
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
+class App:
+    """Builds the daemon from Settings and runs it until asked to stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        demo: bool = False,
+        extra_components: Sequence[Component] = (),
+        notifier: Notifier | None = None,
+        backoff: Backoff | None = None,
+        watchdog_s: float | None = None,
+    ) -> None:
+        self._config_path = config_path
+        self._demo = demo
+        self._demo_state_dir: Path | None = None
+        self.settings = self._resolve(settings)
+        self._notifier = notifier if notifier is not None else Notifier()
+        self._backoff = backoff or Backoff()
+        self._watchdog_s = watchdog_s if watchdog_s is not None else watchdog_interval()
+        self._started = time.monotonic()
+        self._started_at = time.time()
+        self._stop = asyncio.Event()
+        self.restart_required: list[str] = []
+        self.system = SystemMonitor()
+        self.components: list[Component] = [self.system, *extra_components]
+        self.healths = {
+            c.name: Health(c.name, c.critical, c.heartbeat_timeout_s) for c in self.components
+        }
+        self._watchdog_withheld: str | None = None
+        registry = build_registry(
+            version=__version__, started=self._started, healths=self.healths.values
+        )
+        self.web = WebServer(
+            host=self.settings.web.host,
+            port=self.settings.web.port,
+            health=self.health_report,
+            registry=registry,
+        )
+
+    def _resolve(self, settings: Settings) -> Settings:
+        """In demo mode, state goes to one temporary folder unless one is configured."""
+        if not self._demo or "state_dir" in settings.gateway.model_fields_set:
+            return settings
+        if self._demo_state_dir is None:
+            self._demo_state_dir = Path(tempfile.mkdtemp(prefix="village-gateway-demo-"))
+        gateway = settings.gateway.model_copy(update={"state_dir": self._demo_state_dir})
+        return settings.model_copy(update={"gateway": gateway})
+
+    # -- health -----------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Why the daemon is not healthy: critical components down or hung."""
+        return [
+            problem
+            for health in self.healths.values()
+            if health.critical and (problem := health.problem()) is not None
+        ]
+
+    def health_report(self) -> HealthReport:
+        """The body of ``/healthz``."""
+        problems = self.problems()
+        details: dict[str, Any] = {
+            "gateway": self.settings.gateway.id,
+            "name": self.settings.gateway.name,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "components": {name: h.as_dict() for name, h in self.healths.items()},
+            "problems": problems,
+            "restart_required": self.restart_required,
+            "demo": self._demo,
+        }
+        return HealthReport(healthy=not problems, details=details)
+
+    def status_line(self) -> str:
+        """The short STATUS= text for ``systemctl status``."""
+        parts = [text for c in self.components if (text := c.summary())]
+        problems = self.problems()
+        if problems:
+            parts.insert(0, "; ".join(problems))
+        if self.restart_required:
+            parts.append("restart needed for " + ", ".join(self.restart_required))
+        return " · ".join(parts) or "running"
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (what SIGTERM does)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Start, run until stopped, stop. Returns the exit status (0)."""
+        _prepare_state_dir(self.settings.gateway.state_dir)
+        await self.web.start()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        _log.info(
+            "app.started",
+            version=__version__,
+            gateway=self.settings.gateway.id,
+            demo=self._demo,
+            state_dir=str(self.settings.gateway.state_dir),
+            http_port=self.web.port,
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(
+                        supervise(c, self.healths[c.name], backoff=self._backoff),
+                        name=f"component:{c.name}",
+                    )
+                    for c in self.components
+                ]
+                tasks.append(group.create_task(self._watchdog(), name="watchdog"))
+                self._notifier.ready(self.status_line())
+                await self._stop.wait()
+                _log.info("app.stopping")
+                self._notifier.stopping()
+                for task in tasks:
+                    task.cancel()
+                await _wait_bounded(tasks, STOP_TIMEOUT_S)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            await self.web.stop()
+            self._notifier.close()
+        _log.info("app.stopped")
+        return 0
+
+    async def _watchdog(self) -> None:
+        """Ping systemd at half its watchdog period, only while every critical part is ok.
+
+        The loop itself proves the event loop turns; the health check proves no critical
+        component hangs. The STATUS line is refreshed on the same beat.
+        """
+        interval = self._watchdog_s or 5.0
+        while True:
+            problems = self.problems()
+            if problems:
+                reason = "; ".join(problems)
+                if reason != self._watchdog_withheld:
+                    _log.error("watchdog.withheld", reason=reason)
+                self._watchdog_withheld = reason
+            else:
+                if self._watchdog_withheld is not None:
+                    _log.info("watchdog.resumed")
+                self._watchdog_withheld = None
+                if self._watchdog_s:
+                    self._notifier.watchdog()
+            self._notifier.status(self.status_line())
+            await asyncio.sleep(interval)
+
+    # -- reload -----------------------------------------------------------------------
+
+    def _on_sighup(self) -> None:
+        asyncio.get_running_loop().create_task(self.reload(), name="reload")
+
+    async def reload(self) -> bool:
+        """Re-read the configuration; apply it if valid. Returns True when applied."""
+        self._notifier.reloading()
+        try:
+            new = self._resolve(load_settings(self._config_path, demo=self._demo))
+        except ConfigError as exc:
+            for problem in exc.problems:
+                _log.error("config.reload_problem", key=problem.key, problem=problem.message)
+            _log.error(
+                "config.reload_rejected",
+                source=exc.source,
+                problems=[str(p) for p in exc.problems],
+                kept="the running configuration",
+            )
+            self._notifier.ready(self.status_line())
+            return False
+        changed = changed_keys(self.settings, new)
+        live = [key for key in changed if _is_live(key)]
+        needs_restart = [key for key in changed if not _is_live(key)]
+        for component in self.components:
+            needs_restart += await component.reload(new)
+        if "log.level" in live:
+            set_level(new.log.level)
+        self.settings = new
+        self.restart_required = sorted(set(self.restart_required) | set(needs_restart))
+        _log.info("config.reloaded", applied=live, restart_required=sorted(set(needs_restart)))
+        if needs_restart:
+            _log.warning("config.restart_required", keys=self.restart_required)
+        self._notifier.ready(self.status_line())
+        return True
+
+
+def _prepare_state_dir(path: Path) -> None:
+    """Create the state folder and prove we can write there, before anything relies on it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError.single(
+            "gateway.state_dir", f"{path} is not a writable folder: {exc.strerror or exc}"
+        ) from exc
+
+
+async def _wait_bounded(tasks: Sequence[asyncio.Task[Any]], limit_s: float) -> None:
+    """Wait for cancelled tasks, but never longer than ``limit_s``: we promised 5 s."""
+    with suppress(TimeoutError):
+        async with asyncio.timeout(limit_s):
+            await asyncio.gather(*tasks, return_exceptions=True)
+    stuck = [t.get_name() for t in tasks if not t.done()]
+    if stuck:
+        _log.error("app.stop_timeout", stuck=stuck)

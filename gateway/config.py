@@ -1,0 +1,395 @@
+"""Settings: one TOML file, overridden key by key by ``VG_<SECTION>__<KEY>`` variables.
+
+The section and key names are fixed by PROTOCOL.md; installers and acceptance tests rely
+on them. Unknown keys are errors, because a misspelt key that is silently ignored is how a
+relay ends up switched on at boot. :func:`load_settings` is the only way in: it reads the
+file, validates everything at once and raises one :class:`~gateway.errors.ConfigError`
+listing every problem with the key it concerns.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+import zoneinfo
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.errors import ConfigError, ConfigProblem
+
+__all__ = [
+    "DEMO_CONFIG",
+    "GatewaySection",
+    "HotspotConfig",
+    "LogSection",
+    "MqttSection",
+    "PaSection",
+    "RelayConfig",
+    "Settings",
+    "WebSection",
+    "flatten",
+    "load_settings",
+]
+
+DEMO_CONFIG = "demo.toml"
+"""The bundled configuration ``run --demo`` uses when no ``--config`` is given."""
+
+_GATEWAY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
+_TOPIC_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_BCM_PINS = range(28)
+
+Name = Annotated[str, Field(pattern=_NAME.pattern)]
+
+
+class _Section(BaseModel):
+    """A table of the file: unknown keys are errors, values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Section):
+    """Who this gateway is and where it keeps its state."""
+
+    id: str = Field(min_length=1)
+    name: str = ""
+    groups: list[str] = Field(default_factory=list)
+    timezone: str = "Asia/Ho_Chi_Minh"
+    latitude: float = Field(default=18.34, ge=-90, le=90)
+    longitude: float = Field(default=105.9, ge=-180, le=180)
+    state_dir: Path = Path("/var/lib/village-gateway")
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_one_topic_level(cls, value: str) -> str:
+        if not _GATEWAY_ID.fullmatch(value):
+            raise ValueError(
+                "must be 1-64 letters, digits, '.', '-' or '_' "
+                f"(no '/', '+', '#' or spaces): got {value!r}"
+            )
+        return value
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_are_topic_levels(cls, value: list[str]) -> list[str]:
+        bad = [group for group in value if not _TOPIC_SEGMENT.fullmatch(group)]
+        if bad:
+            raise ValueError(f"group names must be letters, digits, '.', '-' or '_': {bad!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_exists(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name such as 'Asia/Ho_Chi_Minh')"
+            ) from None
+        return value
+
+
+class MqttSection(_Section):
+    """The commune broker. Used by the MQTT link; ``send`` and ``watch`` share these."""
+
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_prefix: str = "vg/v1"
+    keepalive_s: int = Field(default=60, ge=5, le=3600)
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_has_no_wildcards(cls, value: str) -> str:
+        if (
+            not value
+            or any(c in value for c in "+#")
+            or value.startswith("/")
+            or value.endswith("/")
+        ):
+            raise ValueError("must be a topic without '+', '#' or a leading/trailing '/'")
+        return value
+
+
+class RelayConfig(_Section):
+    """One relay on the board, by BCM pin."""
+
+    pin: int
+    active_high: bool = False
+    power_on: Literal["off", "on", "restore", "schedule"] = "off"
+    label: str = ""
+
+    @field_validator("pin")
+    @classmethod
+    def _pin_is_bcm(cls, value: int) -> int:
+        if value not in _BCM_PINS:
+            raise ValueError(f"must be a BCM GPIO number 0-27, got {value}")
+        return value
+
+
+class PaSection(_Section):
+    """The public-address output."""
+
+    backend: Literal["pyaudio", "null"] = "pyaudio"
+    device: str = "default"
+    amp_relay: str | None = None
+    amp_warmup_s: float = Field(default=2.0, ge=0, le=60)
+
+
+class _Probe(_Section):
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
+
+
+class IcmpProbe(_Probe):
+    """Ping the host (unprivileged ICMP)."""
+
+    kind: Literal["icmp"]
+
+
+class TcpProbe(_Probe):
+    """Open a TCP connection to a port of the host."""
+
+    kind: Literal["tcp"]
+    port: int = Field(ge=1, le=65535)
+
+
+class HttpProbe(_Probe):
+    """Fetch a URL and expect a status."""
+
+    kind: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+    expect_status: int = Field(default=200, ge=100, le=599)
+
+
+class DnsProbe(_Probe):
+    """Resolve a name, optionally through a given server."""
+
+    kind: Literal["dns"]
+    name: str = Field(min_length=1)
+    server: str | None = None
+
+
+Probe = Annotated[IcmpProbe | TcpProbe | HttpProbe | DnsProbe, Field(discriminator="kind")]
+
+
+def _ping_only() -> list[Probe]:
+    return [IcmpProbe(kind="icmp")]
+
+
+class HotspotConfig(_Section):
+    """One free wifi access point to watch."""
+
+    host: str = Field(min_length=1)
+    label: str = ""
+    interval_s: float = Field(default=30, gt=0, le=3600)
+    fail_threshold: int = Field(default=3, ge=1, le=100)
+    recover_threshold: int = Field(default=2, ge=1, le=100)
+    probes: list[Probe] = Field(default_factory=_ping_only, min_length=1)
+
+
+class UplinkSection(_Section):
+    """The gateway's own internet connection."""
+
+    interval_s: float = Field(default=30, gt=0, le=3600)
+    probes: list[Probe] = Field(default_factory=list)
+
+
+class WebSection(_Section):
+    """The local web UI and API."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - operators reach it from phones on the LAN
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class LogSection(_Section):
+    """Logging: level and the form of the lines."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class CommandsSection(_Section):
+    """The command path."""
+
+    default_ttl_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`load_settings`, not directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VG_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    gateway: GatewaySection
+    mqtt: MqttSection = MqttSection()
+    relays: dict[Name, RelayConfig] = Field(default_factory=dict)
+    pa: PaSection = PaSection()
+    hotspots: dict[Name, HotspotConfig] = Field(default_factory=dict)
+    uplink: UplinkSection = UplinkSection()
+    web: WebSection = WebSection()
+    log: LogSection = LogSection()
+    commands: CommandsSection = CommandsSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first, then the file's values (passed in as init data)."""
+        return (env_settings, init_settings)
+
+    @field_validator("relays")
+    @classmethod
+    def _one_relay_per_pin(cls, value: dict[str, RelayConfig]) -> dict[str, RelayConfig]:
+        by_pin: dict[int, list[str]] = {}
+        for name, relay in value.items():
+            by_pin.setdefault(relay.pin, []).append(name)
+        clashes = [
+            f"pin {pin} is used by {' and '.join(sorted(names))}"
+            for pin, names in sorted(by_pin.items())
+            if len(names) > 1
+        ]
+        if clashes:
+            raise ValueError("; ".join(clashes))
+        return value
+
+    @model_validator(mode="after")
+    def _amp_relay_exists(self) -> Settings:
+        # A check across sections has no field of its own in pydantic's error path, so
+        # the message starts with its key; _problems() splits it off again.
+        if self.pa.amp_relay is not None and self.pa.amp_relay not in self.relays:
+            raise ValueError(
+                f"pa.amp_relay: names no relay: {self.pa.amp_relay!r} "
+                f"(relays: {', '.join(sorted(self.relays)) or 'none'})"
+            )
+        return self
+
+    def topic(self, *parts: str) -> str:
+        """The topic ``P/ID/parts...`` of this gateway."""
+        return "/".join((self.mqtt.topic_prefix, self.gateway.id, *parts))
+
+
+def flatten(data: object, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested tables into ``{"section.key": value}``; used to diff on reload."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    where = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError.single(where, "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError.single(where, "is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError.single(where, "cannot be read (permission denied)") from None
+    except OSError as exc:
+        raise ConfigError.single(where, f"cannot be read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError.single(where, f"is not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError.single(where, f"invalid TOML: {exc}") from None
+
+
+def _problems(error: ValidationError) -> list[ConfigProblem]:
+    problems = []
+    for item in error.errors(include_url=False):
+        loc = [str(part) for part in item["loc"]]
+        # Discriminated unions insert the tag ("tcp") into the path; keep it, it helps.
+        key = ".".join(loc)
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            if not key:
+                key, _, message = message.partition(": ")
+            if item["type"] not in {"value_error", "assertion_error"}:
+                message += f" (got {item['input']!r})"
+        problems.append(ConfigProblem(key, message))
+    return problems
+
+
+def load_settings(path: Path | None, *, demo: bool = False) -> Settings:
+    """Read and validate the configuration; ``VG_`` variables override the file.
+
+    With ``demo`` and no ``path`` the bundled demo configuration is used. Raises
+    :class:`ConfigError` listing every problem, each naming its key or the file.
+    """
+    if path is None:
+        if not demo:
+            raise ConfigError.single("--config", "no configuration file given")
+        text = files("gateway").joinpath(DEMO_CONFIG).read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+        source = "the bundled demo configuration"
+    else:
+        data = _read_toml(path)
+        source = str(path)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc), source=source) from None
+    if demo:
+        _check_demo(settings, source)
+    return settings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_demo(settings: Settings, source: str) -> None:
+    """The demo runs on a developer's machine: it may only talk to loopback."""
+    problems = []
+    if not _is_loopback(settings.mqtt.host):
+        problems.append(ConfigProblem("mqtt.host", "the demo only connects to loopback"))
+    for name, hotspot in settings.hotspots.items():
+        if not _is_loopback(hotspot.host):
+            problems.append(ConfigProblem(f"hotspots.{name}.host", "the demo only probes loopback"))
+    if problems:
+        raise ConfigError(problems, source=source)
