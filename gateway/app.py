@@ -207,9 +207,10 @@ class App:
                 if self._watchdog_withheld is not None:
                     _log.info("watchdog.resumed")
                 self._watchdog_withheld = None
-                if self._watchdog_s:
-                    self._notifier.watchdog()
-            self._notifier.status(self.status_line())
+            fields: dict[str, str | int] = {"STATUS": self.status_line()}
+            if self._watchdog_s and not problems:
+                fields["WATCHDOG"] = 1
+            self._notifier.notify(**fields)
             await asyncio.sleep(interval)
 
     # -- reload -----------------------------------------------------------------------

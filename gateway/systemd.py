@@ -55,7 +55,11 @@ class Notifier:
         if address.startswith("@"):  # abstract namespace socket
             address = "\0" + address[1:]
         self._address = address
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        # Non-blocking: if systemd ever stops reading, a full queue must cost us one
+        # dropped notification, not a frozen event loop.
+        self._socket = socket.socket(
+            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        )
 
     @property
     def enabled(self) -> bool:
@@ -87,10 +91,6 @@ class Notifier:
         return self.notify(
             RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         )
-
-    def status(self, text: str) -> bool:
-        """A one-line summary for ``systemctl status``."""
-        return self.notify(STATUS=text)
 
     def watchdog(self) -> bool:
         """WATCHDOG=1: we are alive and healthy."""

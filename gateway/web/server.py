@@ -62,9 +62,9 @@ class WebServer:
 
     async def start(self) -> None:
         """Bind and start serving; a taken port or bad address is a StartupError."""
-        runner = web.AppRunner(self.app, handle_signals=False)
+        runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self._host, self._port)
         try:
             await site.start()
         except OSError as exc:
