@@ -71,14 +71,13 @@ esac
 
 staged() { [[ -n $DESTDIR ]]; }
 
+[[ -f $VG_CONFIG_EXAMPLE ]] || die "example config not found: $VG_CONFIG_EXAMPLE"
 if staged; then
     [[ $DESTDIR == /* ]] || die "DESTDIR must be an absolute path, got: $DESTDIR"
     mkdir -p -- "$DESTDIR"
 else
     [[ $(id -u) -eq 0 ]] || die "run as root (sudo $0), or set DESTDIR to stage the files"
 fi
-
-[[ -f $VG_CONFIG_EXAMPLE ]] || die "example config not found: $VG_CONFIG_EXAMPLE"
 
 # Files we install are readable by all unless said otherwise, whatever the caller's umask.
 umask 022
@@ -90,8 +89,17 @@ if ! staged && [[ $VG_SKIP_APT != 1 && $VG_SKIP_VENV != 1 ]] && command -v apt-g
     if [[ ,$VG_EXTRAS, == *,pi,* ]]; then
         packages+=(python3-dev build-essential portaudio19-dev)
     fi
-    say "installing ${packages[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
+    missing=()
+    for package in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$package")
+    done
+    if ((${#missing[@]})); then
+        say "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y --no-install-recommends "${missing[@]}"
+    fi
 fi
 
 # 2. The system user and group.
@@ -110,7 +118,9 @@ if [[ $VG_SKIP_VENV != 1 ]]; then
     say "creating the venv in $DESTDIR$VENV"
     "$VG_PYTHON" -m venv "${VENV_ARGS[@]}" -- "$DESTDIR$VENV"
     target=$REPO
-    [[ -n $VG_EXTRAS ]] && target="$REPO[$VG_EXTRAS]"
+    if [[ -n $VG_EXTRAS ]]; then
+        target="${REPO}[${VG_EXTRAS}]"
+    fi
     say "pip install $target"
     "$DESTDIR$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade \
         "${PIP_ARGS[@]}" -- "$target"
@@ -152,6 +162,7 @@ if [[ $VG_NO_START == 1 ]]; then
     say "enabled; not started (VG_NO_START=1). Start it with: systemctl start $NAME"
     exit 0
 fi
+[[ -x $VENV/bin/$NAME ]] || die "$VENV/bin/$NAME is missing: run again without VG_SKIP_VENV"
 if ! "$VENV/bin/$NAME" check-config "$CONFIG"; then
     say "the configuration has errors (listed above); the service was not (re)started."
     say "fix $CONFIG, then run: systemctl restart $NAME"
