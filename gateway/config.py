@@ -108,6 +108,10 @@ class MqttSection(_Section):
     port: int = Field(default=1883, ge=1, le=65535)
     topic_prefix: str = "vg/v1"
     keepalive_s: int = Field(default=60, ge=5, le=3600)
+    protocol: Literal["5", "3.1.1"] = "5"
+    session_expiry_s: int = Field(default=3600, ge=0, le=7 * 24 * 3600)
+    max_backoff_s: float = Field(default=60, ge=1, le=3600)
+    max_msgs_per_s: float = Field(default=50, gt=0, le=10_000)
     username: str | None = None
     password_file: Path | None = None
     ca_file: Path | None = None
@@ -217,16 +221,34 @@ class WebSection(_Section):
     port: int = Field(default=8080, ge=1, le=65535)
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
 class LogSection(_Section):
-    """Logging: level and the form of the lines."""
+    """Logging: level, the form of the lines, and what goes up to the commune."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: LogLevel = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
+    upload_level: LogLevel = "INFO"
+    upload_max_per_min: int = Field(default=120, ge=1, le=100_000)
 
-    @field_validator("level", mode="before")
+    @field_validator("level", "upload_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+
+class OutboxSection(_Section):
+    """The durable store-and-forward queue under ``gateway.state_dir``."""
+
+    max_mb: float = Field(default=64, ge=1, le=100_000)
+    commit_window_ms: int = Field(default=100, ge=0, le=1000)
+
+
+class TelemetrySection(_Section):
+    """Periodic metric samples sent to the commune."""
+
+    interval_s: float = Field(default=60, ge=1, le=86_400)
 
 
 class CommandsSection(_Section):
@@ -253,6 +275,8 @@ class Settings(BaseSettings):
     uplink: UplinkSection = UplinkSection()
     web: WebSection = WebSection()
     log: LogSection = LogSection()
+    outbox: OutboxSection = OutboxSection()
+    telemetry: TelemetrySection = TelemetrySection()
     commands: CommandsSection = CommandsSection()
 
     @classmethod

@@ -1,0 +1,647 @@
+"""The outbox: every record that goes up is stored durably first, and deleted only after
+the broker acknowledged the batch that carried it.
+
+Why it looks like this:
+
+- **SQLite in WAL mode with ``synchronous=FULL``**: a commit is on the SD card when it
+  returns, so a power cut loses nothing that :meth:`Outbox.append` returned for.
+- **Group commit.** Appends wait up to ``commit_window_s`` so that many share one
+  transaction and one fsync (SD cards wear out). A reply is urgent and ends the window
+  at once. Deletes after PUBACK ride along in the next transaction.
+- **Sequence numbers** per stream only grow: the last one is kept in the ``counters``
+  table in the same transaction as the records, so it survives restarts and an emptied
+  outbox. If the file had to be replaced (corrupt), the ``epoch`` goes up instead, and
+  every batch carries it, so the server can tell a new numbering from a replay.
+- **Bounded.** Past ``max_bytes`` the oldest records are dropped by class: logs first,
+  then telemetry, then events, replies last; every drop is counted and reported.
+- **One writer thread** owns the write connection; reads for the uplink use a second
+  connection in a second thread, and see only committed records: a record is never
+  published before it is durable, so a crash can never make a ``seq`` mean two things.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Literal, get_args
+
+from gateway.log import get_logger
+
+__all__ = [
+    "DELIVERY_ORDER",
+    "DROP_ORDER",
+    "Batch",
+    "Outbox",
+    "OutboxStats",
+    "Stream",
+]
+
+Stream = Literal["replies", "events", "telemetry", "logs"]
+STREAMS: Final[tuple[Stream, ...]] = get_args(Stream)
+DELIVERY_ORDER: Final[tuple[Stream, ...]] = ("replies", "events", "telemetry", "logs")
+"""Which stream the uplink drains first: a reply never waits behind 100k log lines."""
+DROP_ORDER: Final[tuple[Stream, ...]] = ("logs", "telemetry", "events", "replies")
+"""Which stream gives way first when the outbox is full."""
+
+_STREAM_ID: Final[dict[Stream, int]] = {name: i for i, name in enumerate(STREAMS)}
+_DB_NAME = "outbox.db"
+_EPOCH_NAME = "outbox.epoch"
+_MAX_GROUP = 5000
+"""At most this many operations share one transaction."""
+_DISK_OVERHEAD = 1.35
+"""Pages, B-tree and WAL around the payload: the byte budget is max_bytes / this."""
+_DROP_REPORT_INTERVAL_S = 10.0
+
+_log = get_logger("outbox")
+
+# One table per stream with seq as the rowid: appends go to the right edge and drops and
+# deletes take from the left, so pages stay packed and freed pages are reused whole.
+_TABLE: Final[dict[Stream, str]] = {name: f"records_{name}" for name in STREAMS}
+_SCHEMA = (
+    "".join(
+        f"CREATE TABLE IF NOT EXISTS {table} "
+        "(seq INTEGER PRIMARY KEY, created REAL NOT NULL, body TEXT NOT NULL);\n"
+        for table in _TABLE.values()
+    )
+    + """
+CREATE TABLE IF NOT EXISTS counters (
+    stream   INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    depth    INTEGER NOT NULL DEFAULT 0,
+    bytes    INTEGER NOT NULL DEFAULT 0,
+    dropped  INTEGER NOT NULL DEFAULT 0
+);
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Consecutive records of one stream, ready to publish as one message."""
+
+    stream: Stream
+    first_seq: int
+    last_seq: int
+    bodies: tuple[str, ...]
+
+    def payload(self, gateway: str, epoch: int) -> bytes:
+        """The batch message of PROTOCOL.md, built from the stored JSON without parsing."""
+        head = json.dumps({"gateway": gateway, "stream": self.stream, "epoch": epoch})
+        return f'{head[:-1]}, "records": [{",".join(self.bodies)}]}}'.encode()
+
+
+@dataclass(slots=True)
+class OutboxStats:
+    """What the ``system`` state and ``/metrics`` show about the outbox."""
+
+    depth: dict[Stream, int] = field(default_factory=dict)
+    bytes: dict[Stream, int] = field(default_factory=dict)
+    dropped: dict[Stream, int] = field(default_factory=dict)
+    last_seq: dict[Stream, int] = field(default_factory=dict)
+    oldest_age_s: float | None = None
+    disk_bytes: int = 0
+    epoch: int = 1
+    appended: int = 0
+    commits: int = 0
+
+    def total_depth(self) -> int:
+        """Records waiting, all streams together."""
+        return sum(self.depth.values())
+
+
+@dataclass(slots=True)
+class _Append:
+    stream: Stream
+    fields: str
+    """The record as JSON text *without* its seq, e.g. ``{"ts": ..., "type": ...}``."""
+    urgent: bool
+    done: Callable[[int], None] | None
+
+
+@dataclass(slots=True)
+class _Delete:
+    stream: Stream
+    seqs: tuple[int, int]
+
+
+_STOP = object()
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
+
+
+def encode_record(record: dict[str, Any]) -> str:
+    """JSON text of a record; values JSON cannot hold become their ``repr``."""
+    return json.dumps(record, ensure_ascii=False, default=repr, separators=(",", ":"))
+
+
+class Outbox:
+    """A durable, bounded, ordered queue of records per stream. Use :meth:`open`."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        max_bytes: int,
+        commit_window_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.folder = folder
+        self.path = folder / _DB_NAME
+        self.max_bytes = max_bytes
+        self._budget = int(max_bytes / _DISK_OVERHEAD)
+        self._group_bytes = max(4096, self._budget // 20)
+        self.max_record_bytes = max(1024, self._budget // 8)
+        self._window = commit_window_s
+        self._clock = clock
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read")
+        self._read_conn: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._new_records = asyncio.Event()
+        self._closed = False
+        # Mirrors of the counters table, updated by the writer after each commit.
+        self._last_seq = dict.fromkeys(STREAMS, 0)
+        self._depth = dict.fromkeys(STREAMS, 0)
+        self._bytes = dict.fromkeys(STREAMS, 0)
+        self._dropped = dict.fromkeys(STREAMS, 0)
+        self._unreported_drops: dict[Stream, int] = {}
+        self._last_drop_report = 0.0
+        self.epoch = 1
+        self.appended = 0
+        self.commits = 0
+        self.recovered_from: Path | None = None
+
+    # -- opening ----------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        folder: Path,
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        commit_window_s: float = 0.1,
+        clock: Callable[[], float] = time.time,
+    ) -> Outbox:
+        """Open (or create) the outbox in ``folder``; a corrupt file is moved aside."""
+        outbox = cls(folder, max_bytes=max_bytes, commit_window_s=commit_window_s, clock=clock)
+        outbox._loop = asyncio.get_running_loop()
+        write_conn = await asyncio.to_thread(outbox._open_write_connection)
+        await asyncio.get_running_loop().run_in_executor(outbox._reader, outbox._open_reader)
+        outbox._writer = threading.Thread(
+            target=outbox._write_loop, args=(write_conn,), name="outbox-write", daemon=True
+        )
+        outbox._writer.start()
+        if outbox.recovered_from is not None:
+            outbox.append_nowait(
+                "events",
+                {
+                    "ts": _now_iso(),
+                    "type": "outbox.corrupt",
+                    "moved_to": outbox.recovered_from.name,
+                    "epoch": outbox.epoch,
+                },
+                urgent=True,
+            )
+        return outbox
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return conn
+
+    def _open_write_connection(self) -> sqlite3.Connection:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = self._prepare()
+        except sqlite3.DatabaseError as exc:
+            self._move_aside(exc)
+            conn = self._prepare()
+        return conn
+
+    def _prepare(self) -> sqlite3.Connection:
+        fresh = not self.path.exists()
+        conn = self._connect()
+        try:
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute("PRAGMA synchronous = FULL")
+            # Keep the WAL small against the budget: it is part of what the card holds.
+            pages = max(64, min(1000, self.max_bytes // 4096 // 8))
+            conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+            conn.execute(f"PRAGMA journal_size_limit = {pages * 4096}")
+            conn.executescript(_SCHEMA)
+            for stream, stream_id in _STREAM_ID.items():
+                conn.execute("INSERT OR IGNORE INTO counters (stream) VALUES (?)", (stream_id,))
+                row = conn.execute(
+                    "SELECT last_seq, depth, bytes, dropped FROM counters WHERE stream = ?",
+                    (stream_id,),
+                ).fetchone()
+                self._last_seq[stream], self._depth[stream], self._bytes[stream], dropped = row
+                self._dropped[stream] = dropped
+            # A cheap proof the records B-tree is readable, not a full integrity scan
+            # (that would take seconds on a full card at boot).
+            for table in _TABLE.values():
+                conn.execute(f"SELECT seq FROM {table} ORDER BY seq LIMIT 1").fetchall()  # noqa: S608
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        self.epoch = self._read_epoch(bump=fresh)
+        return conn
+
+    def _read_epoch(self, *, bump: bool) -> int:
+        """The numbering epoch; a new database after an old one existed starts a new one."""
+        path = self.folder / _EPOCH_NAME
+        try:
+            epoch = int(path.read_text().strip() or "0")
+        except (FileNotFoundError, ValueError):
+            epoch = 0
+        previous = epoch
+        if self.recovered_from is not None:
+            epoch = max(epoch, 1) + 1  # the moved-aside file numbered in the old epoch
+        elif bump or epoch == 0:
+            epoch += 1
+        if epoch != previous:
+            tmp = path.with_suffix(".tmp")
+            with tmp.open("w") as handle:
+                handle.write(f"{epoch}\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(path)
+        return epoch
+
+    def _move_aside(self, error: sqlite3.DatabaseError) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = self.path.with_name(f"{_DB_NAME}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.replace(Path(f"{target}{suffix}"))
+        self.recovered_from = target
+        _log.error(
+            "outbox.corrupt",
+            error=str(error),
+            moved_to=str(target),
+            note="a new outbox was started; the old file is kept for recovery",
+        )
+
+    def _open_reader(self) -> None:
+        self._read_conn = self._connect()
+
+    # -- appending --------------------------------------------------------------------
+
+    async def append(self, stream: Stream, record: dict[str, Any], *, urgent: bool = False) -> int:
+        """Store ``record`` in ``stream``; returns its ``seq`` once it is committed.
+
+        ``record`` gets ``ts`` if it has none. ``urgent`` commits without waiting for the
+        group-commit window (replies).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+
+        def done(seq: int) -> None:
+            loop.call_soon_threadsafe(_resolve, future, seq)
+
+        self._put(stream, record, urgent=urgent, done=done)
+        return await future
+
+    def append_nowait(
+        self, stream: Stream, record: dict[str, Any], *, urgent: bool = False
+    ) -> None:
+        """Queue ``record`` from any thread; committed within the window. For logs."""
+        self._put(stream, record, urgent=urgent, done=None)
+
+    def _put(
+        self,
+        stream: Stream,
+        record: dict[str, Any],
+        *,
+        urgent: bool,
+        done: Callable[[int], None] | None,
+    ) -> None:
+        if self._closed:
+            raise RuntimeError("the outbox is closed")
+        if stream not in _STREAM_ID:
+            raise ValueError(f"unknown stream {stream!r}; one of {', '.join(STREAMS)}")
+        if "ts" not in record:
+            record = {"ts": _now_iso(), **record}
+        fields = encode_record(record)
+        if len(fields) > self.max_record_bytes:
+            raise ValueError(
+                f"record of {len(fields)} bytes is larger than the outbox takes "
+                f"({self.max_record_bytes} bytes with outbox.max_mb = {self.max_bytes / 1e6:g})"
+            )
+        self._queue.put(_Append(stream, fields, urgent, done))
+
+    # -- the writer thread ------------------------------------------------------------
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                ops = [first]
+                stop = self._gather(ops)
+                self._commit(conn, ops)
+                if stop:
+                    break
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.close()
+
+    def _gather(self, ops: list[object]) -> bool:
+        """Collect more operations for this transaction; True if a stop was seen.
+
+        A transaction holds at most a twentieth of the byte budget, so the file never
+        grows far past the budget before the drop policy runs at its end.
+        """
+        urgent = any(isinstance(op, _Append) and op.urgent for op in ops)
+        deadline = time.monotonic() + (0 if urgent else self._window)
+        pending = sum(len(op.fields) for op in ops if isinstance(op, _Append))
+        while len(ops) < _MAX_GROUP and pending < self._group_bytes:
+            remaining = deadline - time.monotonic()
+            try:
+                op = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                return False
+            if op is _STOP:
+                return True
+            ops.append(op)
+            if isinstance(op, _Append):
+                pending += len(op.fields)
+                if op.urgent:
+                    deadline = time.monotonic()
+        return False
+
+    def _commit(self, conn: sqlite3.Connection, ops: list[object]) -> None:
+        last_seq, depth, size = dict(self._last_seq), dict(self._depth), dict(self._bytes)
+        dropped: dict[Stream, int] = {}
+        assigned: list[tuple[Callable[[int], None] | None, int]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in ops:
+                if isinstance(op, _Delete):
+                    self._delete(conn, op, depth, size)
+            appends = [op for op in ops if isinstance(op, _Append)]
+            assigned = self._insert(conn, appends, last_seq, depth, size)
+            if sum(size.values()) > self._budget:
+                dropped = self._drop_oldest(conn, depth, size)
+            conn.executemany(
+                "UPDATE counters SET last_seq = ?, depth = ?, bytes = ?, dropped = ? "
+                "WHERE stream = ?",
+                [
+                    (
+                        last_seq[name],
+                        depth[name],
+                        size[name],
+                        self._dropped[name] + dropped.get(name, 0),
+                        stream_id,
+                    )
+                    for name, stream_id in _STREAM_ID.items()
+                ],
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            _log.error("outbox.commit_failed", error=str(exc), records=len(ops))
+            # Nobody may wait forever on a record that was not stored: fail them all.
+            for op in ops:
+                if isinstance(op, _Append) and op.done is not None:
+                    op.done(-1)
+            return
+        self._last_seq, self._depth, self._bytes = last_seq, depth, size
+        for stream, count in dropped.items():
+            self._dropped[stream] += count
+            self._unreported_drops[stream] = self._unreported_drops.get(stream, 0) + count
+        self.appended += len(assigned)
+        self.commits += 1
+        for done, seq in assigned:
+            if done is not None:
+                done(seq)
+        if assigned and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._new_records.set)
+        self._report_drops()
+
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        appends: list[_Append],
+        last_seq: dict[Stream, int],
+        depth: dict[Stream, int],
+        size: dict[Stream, int],
+    ) -> list[tuple[Callable[[int], None] | None, int]]:
+        """Number and insert the appends; returns (callback, seq) for each."""
+        now = self._clock()
+        rows: dict[Stream, list[tuple[int, float, str]]] = {name: [] for name in STREAMS}
+        assigned = []
+        for op in appends:
+            seq = last_seq[op.stream] + 1
+            last_seq[op.stream] = seq
+            body = f'{{"seq":{seq},{op.fields[1:]}'  # fields always hold at least "ts"
+            rows[op.stream].append((seq, now, body))
+            depth[op.stream] += 1
+            size[op.stream] += len(body)
+            assigned.append((op.done, seq))
+        for stream, stream_rows in rows.items():
+            if stream_rows:
+                conn.executemany(
+                    f"INSERT INTO {_TABLE[stream]} (seq, created, body) VALUES (?, ?, ?)",  # noqa: S608
+                    stream_rows,
+                )
+        return assigned
+
+    def _delete(
+        self,
+        conn: sqlite3.Connection,
+        op: _Delete,
+        depth: dict[Stream, int],
+        size: dict[Stream, int],
+    ) -> None:
+        first, last = op.seqs
+        removed = conn.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM {_TABLE[op.stream]} "  # noqa: S608
+            "WHERE seq BETWEEN ? AND ?",
+            (first, last),
+        ).fetchone()
+        conn.execute(
+            f"DELETE FROM {_TABLE[op.stream]} WHERE seq BETWEEN ? AND ?",  # noqa: S608
+            (first, last),
+        )
+        depth[op.stream] -= removed[0]
+        size[op.stream] -= removed[1]
+
+    def _drop_oldest(
+        self, conn: sqlite3.Connection, depth: dict[Stream, int], size: dict[Stream, int]
+    ) -> dict[Stream, int]:
+        """Delete the oldest records, logs first … replies last, until within budget."""
+        dropped: dict[Stream, int] = {}
+        for stream in DROP_ORDER:
+            excess = sum(size.values()) - self._budget
+            if excess <= 0:
+                break
+            table = _TABLE[stream]
+            # Oldest first, as many as cover the excess (plus a little slack so a full
+            # outbox does not drop one record per append).
+            target = excess + self._budget // 50
+            cursor = conn.execute(
+                f"SELECT seq, LENGTH(body) FROM {table} ORDER BY seq"  # noqa: S608
+            )
+            freed, count, last = 0, 0, None
+            for seq, length in cursor:
+                freed += length
+                count += 1
+                last = seq
+                if freed >= target:
+                    break
+            cursor.close()
+            if last is None:
+                continue
+            conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (last,))  # noqa: S608
+            depth[stream] -= count
+            size[stream] -= freed
+            dropped[stream] = count
+        return dropped
+
+    def _report_drops(self) -> None:
+        """One ``outbox.dropped`` event per interval, with counts by stream and reason."""
+        if not self._unreported_drops:
+            return
+        now = time.monotonic()
+        if now - self._last_drop_report < _DROP_REPORT_INTERVAL_S:
+            return
+        counts, self._unreported_drops = self._unreported_drops, {}
+        self._last_drop_report = now
+        _log.warning("outbox.dropped", counts=counts, reason="full", max_bytes=self.max_bytes)
+        self._queue.put(
+            _Append(
+                "events",
+                encode_record(
+                    {"ts": _now_iso(), "type": "outbox.dropped", "counts": counts, "reason": "full"}
+                ),
+                urgent=False,
+                done=None,
+            )
+        )
+
+    # -- reading for the uplink -------------------------------------------------------
+
+    async def wait_for_records(self, timeout_s: float) -> None:
+        """Return when new records were committed (or after ``timeout_s``)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._new_records.wait()
+        self._new_records.clear()
+
+    async def read(
+        self, stream: Stream, *, after_seq: int, max_records: int, max_bytes: int
+    ) -> Batch | None:
+        """The next committed records of ``stream`` after ``after_seq``, in seq order."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._reader, self._read, stream, after_seq, max_records, max_bytes
+        )
+
+    def _read(
+        self, stream: Stream, after_seq: int, max_records: int, max_bytes: int
+    ) -> Batch | None:
+        assert self._read_conn is not None  # noqa: S101 - opened in open()
+        cursor = self._read_conn.execute(
+            f"SELECT seq, body FROM {_TABLE[stream]} WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+            (after_seq, max_records),
+        )
+        seqs: list[int] = []
+        bodies: list[str] = []
+        total = 0
+        for seq, body in cursor:
+            if bodies and total + len(body) > max_bytes:
+                break
+            seqs.append(seq)
+            bodies.append(body)
+            total += len(body)
+        cursor.close()
+        if not bodies:
+            return None
+        return Batch(stream, seqs[0], seqs[-1], tuple(bodies))
+
+    def acknowledge(self, batch: Batch) -> None:
+        """The broker has the batch: delete its records (in the next transaction)."""
+        self._queue.put(_Delete(batch.stream, (batch.first_seq, batch.last_seq)))
+
+    # -- statistics and closing -------------------------------------------------------
+
+    def stats(self) -> OutboxStats:
+        """Counters as of the last commit, and the files' size on disk."""
+        disk = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                disk += Path(f"{self.path}{suffix}").stat().st_size
+        return OutboxStats(
+            depth=dict(self._depth),
+            bytes=dict(self._bytes),
+            dropped=dict(self._dropped),
+            last_seq=dict(self._last_seq),
+            disk_bytes=disk,
+            epoch=self.epoch,
+            appended=self.appended,
+            commits=self.commits,
+        )
+
+    async def oldest_age_s(self) -> float | None:
+        """Age in seconds of the oldest record waiting, any stream."""
+        loop = asyncio.get_running_loop()
+
+        def query() -> float | None:
+            assert self._read_conn is not None  # noqa: S101 - opened in open()
+            ages = [
+                row[0]
+                for table in _TABLE.values()
+                if (
+                    row := self._read_conn.execute(
+                        f"SELECT created FROM {table} ORDER BY seq LIMIT 1"  # noqa: S608
+                    ).fetchone()
+                )
+                is not None
+            ]
+            return self._clock() - min(ages) if ages else None
+
+        return await loop.run_in_executor(self._reader, query)
+
+    async def close(self) -> None:
+        """Commit what is queued, checkpoint, and close both connections."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.join)
+        if self._read_conn is not None:
+            conn = self._read_conn
+            await asyncio.get_running_loop().run_in_executor(self._reader, conn.close)
+        self._reader.shutdown(wait=True)
+
+
+def _resolve(future: asyncio.Future[int], seq: int) -> None:
+    if future.done():
+        return
+    if seq < 0:
+        future.set_exception(OSError("the outbox could not commit the record"))
+    else:
+        future.set_result(seq)
