@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,28 @@ from gateway import __version__
 from gateway.component import Backoff, Component, Health, supervise
 from gateway.config import Settings, flatten, load_settings
 from gateway.errors import ConfigError, StartupError
+from gateway.link import Link
 from gateway.log import get_logger, set_level
+from gateway.logupload import LogUploader
 from gateway.metrics import build_registry
-from gateway.system import SystemMonitor
+from gateway.outbox import Outbox
+from gateway.state import StateStore
+from gateway.system import SystemMonitor, clock_synced
 from gateway.systemd import Notifier, watchdog_interval
+from gateway.telemetry import Telemetry
 from gateway.web import HealthReport, WebServer
 
 __all__ = ["LIVE_KEYS", "App"]
 
 _log = get_logger("app")
 
-LIVE_KEYS: tuple[str, ...] = ("log.level", "gateway.name", "relays.*.label", "hotspots.*.label")
+LIVE_KEYS: tuple[str, ...] = (
+    "log.level",
+    "log.upload_level",
+    "gateway.name",
+    "relays.*.label",
+    "hotspots.*.label",
+)
 """Keys applied on SIGHUP without a restart (``*`` matches one name)."""
 
 STOP_TIMEOUT_S = 4.0
@@ -70,6 +82,7 @@ class App:
         notifier: Notifier | None = None,
         backoff: Backoff | None = None,
         watchdog_s: float | None = None,
+        uploader: LogUploader | None = None,
     ) -> None:
         self._config_path = config_path
         self._demo = demo
@@ -79,17 +92,25 @@ class App:
         self._backoff = backoff or Backoff()
         self._watchdog_s = watchdog_s if watchdog_s is not None else watchdog_interval()
         self._started = time.monotonic()
-        self._started_at = time.time()
+        self._started_at = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
         self._stop = asyncio.Event()
+        self.started = asyncio.Event()
+        """Set once READY=1 was sent: everything is up."""
         self.restart_required: list[str] = []
-        self.system = SystemMonitor()
-        self.components: list[Component] = [self.system, *extra_components]
-        self.healths = {
-            c.name: Health(c.name, c.critical, c.heartbeat_timeout_s) for c in self.components
-        }
+        self._extra_components = list(extra_components)
+        self._uploader = uploader
+        self.state = StateStore()
+        self.outbox: Outbox | None = None
+        self.link: Link | None = None
+        self.components: list[Component] = []
+        self.healths: dict[str, Health] = {}
         self._watchdog_withheld: str | None = None
         registry = build_registry(
-            version=__version__, started=self._started, healths=self.healths.values
+            version=__version__,
+            started=self._started,
+            healths=self.healths.values,
+            outbox=lambda: self.outbox.stats() if self.outbox else None,
+            link=lambda: self.link.stats if self.link else None,
         )
         self.web = WebServer(
             host=self.settings.web.host,
@@ -97,6 +118,53 @@ class App:
             health=self.health_report,
             registry=registry,
         )
+
+    async def _build(self) -> None:
+        """Open the outbox, then make the components that use it."""
+        settings = self.settings
+        boot_count = _count_boot(settings.gateway.state_dir)
+        self.outbox = await Outbox.open(
+            settings.gateway.state_dir,
+            max_bytes=int(settings.outbox.max_mb * 1_000_000),
+            commit_window_s=settings.outbox.commit_window_ms / 1000,
+        )
+        if self._uploader is not None:
+            self._uploader.attach(self.outbox)
+        self.link = Link(
+            settings,
+            self.outbox,
+            self.state,
+            started_at=self._started_at,
+            boot_count=boot_count,
+            clock_synced=clock_synced,
+        )
+        system = SystemMonitor(self.state, details=self._system_details)
+        telemetry = Telemetry(
+            self.outbox,
+            state_dir=settings.gateway.state_dir,
+            interval_s=settings.telemetry.interval_s,
+            extra=lambda: {"outbox_depth": self.outbox.stats().total_depth() if self.outbox else 0},
+        )
+        self.components = [system, self.link, telemetry, *self._extra_components]
+        self.healths.update(
+            (c.name, Health(c.name, c.critical, c.heartbeat_timeout_s)) for c in self.components
+        )
+
+    def _system_details(self) -> dict[str, Any]:
+        """The outbox and link parts of the ``system`` snapshot."""
+        details: dict[str, Any] = {"started_at": self._started_at}
+        if self.outbox is not None:
+            stats = self.outbox.stats()
+            details["outbox"] = {
+                "depth": stats.depth,
+                "dropped": stats.dropped,
+                "bytes": stats.bytes,
+                "disk_bytes": stats.disk_bytes,
+                "epoch": stats.epoch,
+            }
+        if self.link is not None:
+            details["link"] = self.link.stats.as_dict()
+        return details
 
     def _resolve(self, settings: Settings) -> Settings:
         """In demo mode, state goes to one temporary folder unless one is configured."""
@@ -151,7 +219,12 @@ class App:
     async def run(self) -> int:
         """Start, run until stopped, stop. Returns the exit status (0)."""
         _prepare_state_dir(self.settings.gateway.state_dir)
-        await self.web.start()
+        await self._build()
+        try:
+            await self.web.start()
+        except BaseException:
+            await self._close_outbox()
+            raise
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
@@ -175,9 +248,12 @@ class App:
                 ]
                 tasks.append(group.create_task(self._watchdog(), name="watchdog"))
                 self._notifier.ready(self.status_line())
+                self.started.set()
                 await self._stop.wait()
                 _log.info("app.stopping")
                 self._notifier.stopping()
+                if self.link is not None:
+                    await self.link.publish_offline()
                 for task in tasks:
                     task.cancel()
                 await _wait_bounded(tasks, STOP_TIMEOUT_S)
@@ -185,9 +261,17 @@ class App:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             await self.web.stop()
+            _log.info("app.stopped")
+            await self._close_outbox()
             self._notifier.close()
-        _log.info("app.stopped")
         return 0
+
+    async def _close_outbox(self) -> None:
+        """Hand logging back to the terminal only, then commit and close the outbox."""
+        if self._uploader is not None:
+            self._uploader.attach(None)
+        if self.outbox is not None:
+            await self.outbox.close()
 
     async def _watchdog(self) -> None:
         """Ping systemd at half its watchdog period, only while every critical part is ok.
@@ -241,6 +325,8 @@ class App:
             needs_restart += await component.reload(new)
         if "log.level" in live:
             set_level(new.log.level)
+        if "log.upload_level" in live and self._uploader is not None:
+            self._uploader.set_level(new.log.upload_level)
         self.settings = new
         self.restart_required = sorted(set(self.restart_required) | set(needs_restart))
         _log.info("config.reloaded", applied=live, restart_required=sorted(set(needs_restart)))
@@ -248,6 +334,19 @@ class App:
             _log.warning("config.restart_required", keys=self.restart_required)
         self._notifier.ready(self.status_line())
         return True
+
+
+def _count_boot(state_dir: Path) -> int:
+    """How many times the daemon has started with this state folder (this start included)."""
+    path = state_dir / "boot_count"
+    try:
+        count = int(path.read_text().strip()) + 1
+    except (FileNotFoundError, ValueError):
+        count = 1
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{count}\n")
+    tmp.replace(path)
+    return count
 
 
 def _prepare_state_dir(path: Path) -> None:

@@ -68,6 +68,7 @@ def _run(config: Path | None, *, demo: bool) -> int:
     # Imported here so `check-config` and `version` stay fast and need no hardware libs.
     from gateway.app import App  # noqa: PLC0415
     from gateway.log import configure_logging, get_logger  # noqa: PLC0415
+    from gateway.logupload import LogUploader  # noqa: PLC0415
 
     if demo:
         # gpiozero reads this when the first device is built: simulated pins only.
@@ -77,14 +78,18 @@ def _run(config: Path | None, *, demo: bool) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_BAD_CONFIG
+    uploader = LogUploader(
+        level=settings.log.upload_level, per_minute=settings.log.upload_max_per_min
+    )
     configure_logging(
         level=settings.log.level,
         fmt=settings.log.format,
         tz=zoneinfo.ZoneInfo(settings.gateway.timezone),
+        sinks=[uploader],
     )
     log = get_logger("cli")
     try:
-        app = App(settings, config_path=config, demo=demo)
+        app = App(settings, config_path=config, demo=demo, uploader=uploader)
         return asyncio.run(app.run())
     except ConfigError as exc:
         log.error("startup.failed", problems=[str(p) for p in exc.problems])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from typing import Literal, TextIO
 
@@ -49,7 +50,7 @@ def add_component(logger: WrappedLogger, method_name: str, event_dict: EventDict
     return event_dict
 
 
-def _shared_processors(tz: tzinfo | None) -> list[Processor]:
+def _shared_processors(tz: tzinfo | None, sinks: Sequence[Processor]) -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -57,6 +58,7 @@ def _shared_processors(tz: tzinfo | None) -> list[Processor]:
         _Timestamper(tz),
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
+        *sinks,
     ]
 
 
@@ -74,13 +76,15 @@ def configure_logging(
     fmt: LogFormat = "auto",
     stream: TextIO | None = None,
     tz: tzinfo | None = None,
+    sinks: Sequence[Processor] = (),
 ) -> None:
     """Route structlog and stdlib logging into one handler on ``stream`` (stdout).
 
-    Safe to call again (on reload or in tests): the previous handler is replaced.
+    ``sinks`` are processors that see every finished line before it is rendered (the
+    outbox's log uploader). Safe to call again: the previous handler is replaced.
     """
     stream = stream if stream is not None else sys.stdout
-    shared = _shared_processors(tz)
+    shared = _shared_processors(tz, sinks)
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[

@@ -1,4 +1,4 @@
-"""The ``system`` component: uptime, load and whether the clock can be trusted.
+"""The ``system`` component: version, uptime, clock, outbox and link, as one snapshot.
 
 The Pi has no real-time clock; until NTP has synchronised, timestamps are wrong and
 command expiry must not be judged. systemd-timesyncd marks a synchronised clock by
@@ -8,13 +8,14 @@ creating ``/run/systemd/timesync/synchronized``; that file is what we look at.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gateway import __version__
 from gateway.component import Component, Health
+from gateway.state import StateStore
 
 __all__ = ["TIMESYNC_MARKER", "SystemMonitor", "clock_synced"]
 
@@ -27,30 +28,38 @@ def clock_synced(marker: Path = TIMESYNC_MARKER) -> bool:
 
 
 class SystemMonitor(Component):
-    """Keeps the ``system`` snapshot fresh; a cheap heartbeat for the watchdog."""
+    """Refreshes the ``system`` snapshot every ``interval_s``; a cheap heartbeat too."""
 
     name = "system"
     critical = False
-    heartbeat_timeout_s = 30.0
+    heartbeat_timeout_s = 120.0
 
-    def __init__(self, *, interval_s: float = 5.0, marker: Path = TIMESYNC_MARKER) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        *,
+        details: Callable[[], dict[str, Any]],
+        interval_s: float = 30.0,
+        marker: Path = TIMESYNC_MARKER,
+    ) -> None:
+        self._state = state
+        self._details = details
         self._interval_s = interval_s
         self._marker = marker
         self._started = time.monotonic()
-        self.snapshot: dict[str, Any] = self._measure()
 
-    def _measure(self) -> dict[str, Any]:
-        load1, load5, load15 = os.getloadavg()
+    def measure(self) -> dict[str, Any]:
+        """The snapshot of PROTOCOL.md: version, uptime_s, clock_synced, outbox, link."""
         return {
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "clock_synced": clock_synced(self._marker),
-            "load": [load1, load5, load15],
+            **self._details(),
         }
 
     async def run(self, health: Health) -> None:
-        """Refresh the snapshot every few seconds."""
+        """Publish the snapshot at start and then every interval."""
         while True:
-            self.snapshot = self._measure()
+            await self._state.set("system", self.measure())
             health.beat()
             await asyncio.sleep(self._interval_s)

@@ -62,6 +62,7 @@ class Broker:
         conf.write_text(
             textwrap.dedent(f"""\
                 listener {self.port} 127.0.0.1
+                user root
                 allow_anonymous true
                 set_tcp_nodelay true
                 persistence true

@@ -80,7 +80,9 @@ async def wait_for(predicate: Callable[[], bool], within_s: float = 5.0) -> None
 async def running(app: App) -> AsyncIterator[asyncio.Task[int]]:
     """Run the app in a task; stop it (as SIGTERM would) when the block ends."""
     task = asyncio.create_task(app.run())
-    await wait_for(lambda: all(h.state == "running" for h in app.healths.values()) or task.done())
+    await wait_for(lambda: app.started.is_set() or task.done())
+    if task.done():
+        task.result()  # raise what stopped it
     try:
         yield task
     finally:

@@ -1,0 +1,345 @@
+"""The MQTT link: one session with the commune broker, for as long as the daemon runs.
+
+It owns the one :class:`aiomqtt.Client` of the daemon. On every connection it announces
+presence (retained ``online: true``; the will says ``online: false``), subscribes to the
+gateway's and its groups' command topics, republishes the retained state snapshots and
+drains the outbox. When the connection fails it waits with full-jitter exponential
+backoff (1 s doubling up to ``mqtt.max_backoff_s``) and tries again, forever.
+
+Delivery: records go out in ``seq`` order per stream, many per message, several QoS 1
+messages in flight, replies before events before telemetry before logs. A batch leaves
+the outbox only after its PUBACK. After a reconnect, anything not acknowledged is sent
+again: the server may then see a ``seq`` twice, never a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomqtt
+
+from gateway import __version__
+from gateway.component import Component, Health
+from gateway.config import Settings
+from gateway.errors import ConfigError
+from gateway.log import get_logger
+from gateway.mqtt import Topics, describe_error, make_client
+from gateway.outbox import DELIVERY_ORDER, Batch, Outbox, Stream
+from gateway.state import StateStore
+
+__all__ = ["CommandHandler", "Link", "LinkStats", "TokenBucket", "full_jitter"]
+
+_log = get_logger("link")
+
+CommandHandler = Callable[[str, bytes, bool], Awaitable[None]]
+"""Called with (topic, payload, retained) for each message on a command topic."""
+
+MAX_INFLIGHT = 8
+BATCH_MAX_RECORDS = 500
+BATCH_MAX_BYTES = 128 * 1024
+"""Below the 128 KiB message limit of the strictest common cloud brokers."""
+
+
+class TokenBucket:
+    """Paces publishes to ``rate`` per second with bursts of ``burst``."""
+
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._clock = clock
+        self._last = clock()
+
+    async def take(self) -> None:
+        """Wait until one token is available, then use it."""
+        while True:
+            now = self._clock()
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            await asyncio.sleep((1 - self._tokens) / self._rate)
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """What ``state/system`` and ``/metrics`` report about the link."""
+
+    connected: bool = False
+    connects: int = 0
+    attempts: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    connected_since: str | None = None
+    published_batches: int = 0
+    published_records: int = 0
+    resent_records: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "connected": self.connected,
+            "connects": self.connects,
+            "attempts": self.attempts,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "connected_since": self.connected_since,
+            "published_batches": self.published_batches,
+            "published_records": self.published_records,
+            "resent_records": self.resent_records,
+        }
+
+
+class _Acked:
+    """Per stream, the highest seq below which every record was acknowledged."""
+
+    def __init__(self) -> None:
+        self.upto: dict[Stream, int] = dict.fromkeys(DELIVERY_ORDER, 0)
+        self._early: dict[Stream, dict[int, int]] = {s: {} for s in DELIVERY_ORDER}
+
+    def add(self, batch: Batch) -> None:
+        early = self._early[batch.stream]
+        early[batch.first_seq] = batch.last_seq
+        upto = self.upto[batch.stream]
+        while (nxt := early.pop(upto + 1, None)) is not None:
+            upto = nxt
+        # A batch that starts at or below upto (a resend) only confirms what we knew.
+        for first in [f for f in early if f <= upto]:
+            upto = max(upto, early.pop(first))
+        self.upto[batch.stream] = upto
+
+
+def _first_leaf(group: BaseExceptionGroup[aiomqtt.MqttError]) -> aiomqtt.MqttError:
+    """The first MqttError inside (possibly nested) task-group errors."""
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
+def full_jitter(failures: int, *, cap_s: float, rng: random.Random) -> float:
+    """Uniform in [0, min(cap, 2**failures)] seconds, at least 0.5 s.
+
+    Full jitter spreads a thousand gateways that lost the same broker over the whole
+    window instead of having them come back in waves.
+    """
+    return max(0.5, rng.uniform(0, min(cap_s, 2.0**failures)))
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+
+
+class Link(Component):
+    """The daemon's MQTT session; restartable, never fatal to the rest."""
+
+    name = "link"
+    critical = False
+
+    def __init__(
+        self,
+        settings: Settings,
+        outbox: Outbox,
+        state: StateStore,
+        *,
+        on_command: CommandHandler | None = None,
+        started_at: str,
+        boot_count: int,
+        clock_synced: Callable[[], bool],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._outbox = outbox
+        self._state = state
+        self._on_command = on_command
+        self._started_at = started_at
+        self._boot_count = boot_count
+        self._clock_synced = clock_synced
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.topics = Topics(settings.mqtt.topic_prefix, settings.gateway.id)
+        self.stats = LinkStats()
+        self._acked = _Acked()
+        self._sent_upto: dict[Stream, int] = dict.fromkeys(DELIVERY_ORDER, 0)
+        self._client: aiomqtt.Client | None = None
+
+    def summary(self) -> str:
+        """For systemd's STATUS line."""
+        queued = self._outbox.stats().total_depth()
+        link = "MQTT online" if self.stats.connected else "MQTT offline"
+        return f"{link} · {queued} queued"
+
+    def backoff_s(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failed attempts in a row."""
+        return full_jitter(failures, cap_s=self._settings.mqtt.max_backoff_s, rng=self._rng)
+
+    async def run(self, health: Health) -> None:
+        """Connect, serve, and reconnect with backoff, until cancelled."""
+        failures = 0
+        while True:
+            health.beat()
+            self.stats.attempts += 1
+            try:
+                await self._session()
+            except ConfigError as exc:
+                self.stats.last_error = str(exc)
+                _log.error("link.config_problem", problems=[str(p) for p in exc.problems])
+            except aiomqtt.MqttError as exc:
+                reason = describe_error(exc)
+                if self.stats.connected or reason != self.stats.last_error:
+                    _log.warning("link.disconnected", reason=reason)
+                self.stats.last_error = reason
+            finally:
+                if self.stats.connected:
+                    failures = 0
+                self.stats.connected = False
+                self._client = None
+            failures += 1
+            self.stats.failures += 1
+            delay = self.backoff_s(failures)
+            _log.info("link.retry", in_s=round(delay, 1), attempt=failures)
+            await asyncio.sleep(delay)
+
+    def _will(self) -> aiomqtt.Will:
+        return aiomqtt.Will(self.topics.status, json.dumps({"online": False}), qos=1, retain=True)
+
+    def _presence(self, online: bool) -> bytes:
+        payload: dict[str, Any] = {"online": online, "ts": _now_iso()}
+        if online:
+            payload |= {
+                "version": __version__,
+                "started_at": self._started_at,
+                "boot_count": self._boot_count,
+                "clock_synced": self._clock_synced(),
+                "outbox": self._outbox.stats().total_depth(),
+            }
+        return json.dumps(payload, ensure_ascii=False).encode()
+
+    async def _session(self) -> None:
+        client = make_client(
+            self._settings.mqtt,
+            identifier=f"vg-{self._settings.gateway.id}",
+            will=self._will(),
+            persistent_session=True,
+        )
+        async with client:
+            self._client = client
+            self.stats.connected = True
+            self.stats.connects += 1
+            self.stats.connected_since = _now_iso()
+            self.stats.last_error = None
+            _log.info(
+                "link.connected",
+                broker=f"{self._settings.mqtt.host}:{self._settings.mqtt.port}",
+                connects=self.stats.connects,
+            )
+            await client.publish(self.topics.status, self._presence(True), qos=1, retain=True)
+            topics = [self.topics.cmd] + [
+                self.topics.group_cmd(g) for g in self._settings.gateway.groups
+            ]
+            await client.subscribe([(topic, 1) for topic in topics])
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._receive(client))
+                    group.create_task(self._publish_state(client))
+                    group.create_task(self._drain(client))
+            except* aiomqtt.MqttError as errors:
+                raise _first_leaf(errors) from None
+            finally:
+                self._client = None
+
+    async def publish_offline(self) -> None:
+        """On a clean stop, say so at once instead of waiting for the will."""
+        client = self._client
+        if client is None:
+            return
+        try:
+            async with asyncio.timeout(1):
+                await client.publish(self.topics.status, self._presence(False), qos=1, retain=True)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            _log.info("link.offline_not_sent", reason=describe_error(exc))
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            raw = payload if isinstance(payload, bytes) else str(payload).encode()
+            if self._on_command is None:
+                _log.info(
+                    "link.command_ignored", topic=message.topic.value, note="no command handler yet"
+                )
+                continue
+            await self._on_command(message.topic.value, raw, message.retain)
+
+    async def _publish_state(self, client: aiomqtt.Client) -> None:
+        """Republish every snapshot after connecting, then each change."""
+        seen: dict[str, int] = {}
+        while True:
+            versions = self._state.versions()
+            for component, version in versions.items():
+                if seen.get(component) != version:
+                    snapshot = self._state.snapshot(component)
+                    body = json.dumps(snapshot, ensure_ascii=False, default=repr).encode()
+                    await client.publish(self.topics.state(component), body, qos=1, retain=True)
+            seen = versions
+            await self._state.wait_changed(seen)
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        """Publish the outbox in order, many records per message, several in flight."""
+        cursor = dict(self._acked.upto)  # resend whatever was not acknowledged
+        resend_upto = dict(self._sent_upto)
+        slots = asyncio.Semaphore(MAX_INFLIGHT)
+        bucket = TokenBucket(
+            self._settings.mqtt.max_msgs_per_s, burst=max(1.0, self._settings.mqtt.max_msgs_per_s)
+        )
+        epoch = self._outbox.epoch
+        async with asyncio.TaskGroup() as group:
+            while True:
+                batch = await self._next_batch(cursor)
+                if batch is None:
+                    await self._outbox.wait_for_records(1.0)
+                    continue
+                cursor[batch.stream] = batch.last_seq
+                stream = batch.stream
+                again = min(batch.last_seq, resend_upto[stream]) - batch.first_seq + 1
+                self.stats.resent_records += max(0, again)
+                self._sent_upto[stream] = max(self._sent_upto[stream], batch.last_seq)
+                await bucket.take()
+                await slots.acquire()
+                group.create_task(self._send(client, batch, epoch, slots))
+
+    async def _next_batch(self, cursor: dict[Stream, int]) -> Batch | None:
+        for stream in DELIVERY_ORDER:
+            # A reply is one message of its own (PROTOCOL.md); other streams batch.
+            limit = 1 if stream == "replies" else BATCH_MAX_RECORDS
+            batch = await self._outbox.read(
+                stream, after_seq=cursor[stream], max_records=limit, max_bytes=BATCH_MAX_BYTES
+            )
+            if batch is not None:
+                return batch
+        return None
+
+    async def _send(
+        self, client: aiomqtt.Client, batch: Batch, epoch: int, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            if batch.stream == "replies":
+                topic, payload = self.topics.reply, batch.bodies[0].encode()
+            else:
+                topic = getattr(self.topics, batch.stream)
+                payload = batch.payload(self._settings.gateway.id, epoch)
+            await client.publish(topic, payload, qos=1, timeout=30)
+        finally:
+            slots.release()
+        self._outbox.acknowledge(batch)
+        self._acked.add(batch)
+        self.stats.published_batches += 1
+        self.stats.published_records += len(batch.bodies)

@@ -1,0 +1,50 @@
+"""The State store: the latest snapshot of each component, and who wants to hear of it.
+
+Components publish a full snapshot (``relays``, ``pa``, ``hotspots``, ``system``); the
+MQTT link republishes it retained on ``P/ID/state/{component}`` and the web UI pushes it
+over its WebSocket. Only the latest snapshot matters, so a slow listener skips versions
+instead of queueing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["StateStore"]
+
+
+class StateStore:
+    """Latest snapshot per component, with a version counter listeners can wait on."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[str, dict[str, Any]] = {}
+        self._versions: dict[str, int] = {}
+        self._changed = asyncio.Condition()
+
+    def snapshot(self, component: str) -> dict[str, Any] | None:
+        """The latest snapshot of ``component``, or None before its first one."""
+        return self._snapshots.get(component)
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        """Every component's latest snapshot (what ``GET /api/v1/state`` answers)."""
+        return dict(self._snapshots)
+
+    def versions(self) -> dict[str, int]:
+        """How many times each component's snapshot changed."""
+        return dict(self._versions)
+
+    async def set(self, component: str, snapshot: dict[str, Any]) -> None:
+        """Replace ``component``'s snapshot (adds ``ts``) and wake the listeners."""
+        stamped = {"ts": datetime.now(UTC).astimezone().isoformat(timespec="seconds"), **snapshot}
+        async with self._changed:
+            self._snapshots[component] = stamped
+            self._versions[component] = self._versions.get(component, 0) + 1
+            self._changed.notify_all()
+
+    async def wait_changed(self, seen: dict[str, int]) -> dict[str, int]:
+        """Wait until some version differs from ``seen``; return the current versions."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._versions != seen)
+            return dict(self._versions)

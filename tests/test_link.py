@@ -1,0 +1,248 @@
+"""The MQTT link and the outbox together, against a real mosquitto that goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from gateway.app import App
+from gateway.component import Backoff, Health
+from gateway.config import Settings, load_settings
+from gateway.link import Link, TokenBucket, full_jitter
+from gateway.outbox import Outbox
+from gateway.state import StateStore
+from tests.conftest import Broker, ConfigFile
+from tests.test_app import running, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Seen:
+    """Everything a commune-side subscriber received, decoded."""
+
+    messages: list[tuple[str, Any, bool]] = field(default_factory=list)
+
+    def on(self, suffix: str) -> list[Any]:
+        """Payloads received on topics ending with ``suffix``."""
+        return [payload for topic, payload, _ in self.messages if topic.endswith(suffix)]
+
+    def records(self, stream: str) -> list[dict[str, Any]]:
+        """Every record of every batch on ``P/ID/<stream>``, in arrival order."""
+        return [record for batch in self.on("/" + stream) for record in batch["records"]]
+
+
+@asynccontextmanager
+async def subscriber(broker: Broker, pattern: str) -> AsyncIterator[Seen]:
+    """A commune-side client on ``pattern`` that survives broker restarts."""
+    seen = Seen()
+    subscribed = asyncio.Event()
+
+    async def listen() -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    broker.host,
+                    broker.port,
+                    identifier=f"commune-{uuid.uuid4().hex[:8]}",
+                ) as client:
+                    await client.subscribe(pattern, qos=1)
+                    subscribed.set()
+                    async for message in client.messages:
+                        raw = message.payload
+                        assert isinstance(raw, bytes)
+                        seen.messages.append((message.topic.value, json.loads(raw), message.retain))
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(listen())
+    await asyncio.wait_for(subscribed.wait(), 10)
+    try:
+        yield seen
+    finally:
+        task.cancel()
+
+
+def settings_for(config_file: ConfigFile, broker: Broker, **mqtt: str) -> tuple[Settings, str]:
+    """A configuration on the test broker, with a gateway id no other test uses."""
+    gateway = f"test.{uuid.uuid4().hex[:8]}"
+    config_file.mqtt_port = broker.port
+    extra = "".join(f"{key} = {value}\n" for key, value in mqtt.items())
+    config_file.write({'id = "test.gw1"': f'id = "{gateway}"', "[mqtt]\n": f"[mqtt]\n{extra}"})
+    return load_settings(config_file.path), gateway
+
+
+async def test_presence_state_and_clean_stop(broker: Broker, config_file: ConfigFile) -> None:
+    """On connect the gateway says it is online (retained, with version, start time, boot
+    count and clock state) and publishes its system state retained; on a clean stop it
+    says offline at once instead of leaving it to the will."""
+    settings, gateway = settings_for(config_file, broker)
+    async with subscriber(broker, f"vg/v1/{gateway}/#") as seen:
+        app = App(settings, backoff=Backoff(initial_s=0.1))
+        async with running(app):
+            await wait_for(lambda: any(p.get("online") for p in seen.on("/status")), 10)
+            await wait_for(lambda: bool(seen.on("/state/system")), 10)
+        await wait_for(lambda: seen.on("/status")[-1].get("online") is False, 5)
+    online = next(p for p in seen.on("/status") if p.get("online"))
+    assert {"version", "ts", "started_at", "clock_synced", "boot_count"} <= online.keys()
+    assert online["boot_count"] == 1
+    system = seen.on("/state/system")[0]
+    assert {"version", "uptime_s", "clock_synced", "outbox", "link"} <= system.keys()
+    async with subscriber(broker, f"vg/v1/{gateway}/status") as late:
+        await wait_for(lambda: bool(late.messages), 5)
+        _, payload, was_retained = late.messages[0]
+        assert was_retained
+        assert payload["online"] is False
+
+
+async def test_outage_loses_nothing_and_keeps_order(
+    broker: Broker, config_file: ConfigFile
+) -> None:
+    """Records appended before, during and after a broker outage all arrive, in seq order
+    per stream, with no gaps; a record seen twice carries an already delivered seq."""
+    settings, gateway = settings_for(config_file, broker, max_backoff_s="2")
+    async with subscriber(broker, f"vg/v1/{gateway}/events") as seen:
+        app = App(settings, backoff=Backoff(initial_s=0.1))
+        async with running(app):
+            assert app.outbox is not None
+            # Appends in one burst share commits (each one alone waits the 100 ms window).
+            await asyncio.gather(
+                *(app.outbox.append("events", {"type": "test", "n": n}) for n in range(200))
+            )
+            await wait_for(lambda: len(seen.records("events")) >= 200, 15)
+            broker.stop()
+            try:
+                await asyncio.gather(
+                    *(
+                        app.outbox.append("events", {"type": "test", "n": n})
+                        for n in range(200, 700)
+                    )
+                )
+                await asyncio.sleep(3)
+            finally:
+                broker.start()
+            await asyncio.gather(
+                *(app.outbox.append("events", {"type": "test", "n": n}) for n in range(700, 800))
+            )
+            await wait_for(lambda: len({r["seq"] for r in seen.records("events")}) >= 800, 30)
+            assert app.link is not None
+            assert app.link.stats.connects >= 2
+    records = seen.records("events")
+    seqs = [r["seq"] for r in records]
+    first_seen: dict[int, int] = {}
+    delivered = 0
+    for seq in seqs:
+        if seq <= delivered:
+            assert seq in first_seen, f"duplicate {seq} was never delivered before"
+            continue
+        assert seq == delivered + 1, f"gap: {delivered} then {seq}"
+        first_seen[seq] = 1
+        delivered = seq
+    assert delivered == 800
+    assert [
+        r["n"] for r in sorted({r["seq"]: r for r in records}.values(), key=lambda r: r["seq"])
+    ] == list(range(800))
+    batches = seen.on("/events")
+    assert any(len(batch["records"]) > 1 for batch in batches), "records were not batched"
+    assert all(batch["gateway"] == gateway and batch["stream"] == "events" for batch in batches)
+
+
+async def test_replies_go_before_a_log_backlog(broker: Broker, config_file: ConfigFile) -> None:
+    """With thousands of log lines waiting, a reply appended later is still published
+    before the backlog has drained: replies are never stuck behind logs."""
+    settings, gateway = settings_for(config_file, broker, max_msgs_per_s="20")
+    async with subscriber(broker, f"vg/v1/{gateway}/#") as seen:
+        app = App(settings, backoff=Backoff(initial_s=0.1))
+        async with running(app):
+            assert app.outbox is not None
+            await asyncio.gather(
+                *(app.outbox.append("logs", {"event": "x" * 300, "n": n}) for n in range(20_000))
+            )
+            await app.outbox.append("replies", {"id": "c-1", "status": "done"}, urgent=True)
+            await wait_for(lambda: bool(seen.on("/reply")), 10)
+            logs_before_reply = len(seen.records("logs"))
+    assert seen.on("/reply")[0]["id"] == "c-1"
+    assert logs_before_reply < 20_000
+
+
+async def test_command_sent_while_away_arrives_after_reconnect(
+    broker: Broker, config_file: ConfigFile, tmp_path: Any
+) -> None:
+    """A QoS 1 command published while the gateway was disconnected, within the session
+    expiry, is delivered when it connects again (persistent session)."""
+    settings, gateway = settings_for(config_file, broker)
+    received: list[tuple[str, bytes]] = []
+
+    async def on_command(topic: str, payload: bytes, retained: bool) -> None:
+        received.append((topic, payload))
+
+    outbox = await Outbox.open(tmp_path / "link-state", commit_window_s=0.01)
+    state = StateStore()
+
+    def make_link() -> Link:
+        return Link(
+            settings,
+            outbox,
+            state,
+            on_command=on_command,
+            started_at="now",
+            boot_count=1,
+            clock_synced=lambda: False,
+        )
+
+    link = make_link()
+    task = asyncio.create_task(link.run(Health("link", critical=False, heartbeat_timeout_s=None)))
+    await wait_for(lambda: link.stats.connected, 10)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    async with aiomqtt.Client(broker.host, broker.port) as commune:
+        await commune.publish(f"vg/v1/{gateway}/cmd", b'{"id": "c-away"}', qos=1)
+        await commune.publish("vg/v1/group/commune.test/cmd", b'{"id": "g-away"}', qos=1)
+    link = make_link()
+    task = asyncio.create_task(link.run(Health("link", critical=False, heartbeat_timeout_s=None)))
+    await wait_for(lambda: len(received) >= 2, 10)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await outbox.close()
+    assert {payload for _, payload in received} == {b'{"id": "c-away"}', b'{"id": "g-away"}'}
+
+
+def test_backoff_is_bounded_and_jittered() -> None:
+    """Over a two-minute outage with the default 60 s cap, full-jitter backoff makes
+    about ten attempts (never a storm), and the delays differ between gateways."""
+    counts = []
+    for seed in range(500):
+        rng = random.Random(seed)  # noqa: S311 - reproducible jitter
+        elapsed, attempts, failures = 0.0, 1, 0
+        while True:
+            failures += 1
+            elapsed += full_jitter(failures, cap_s=60, rng=rng)
+            if elapsed > 120:
+                break
+            attempts += 1
+        counts.append(attempts)
+    assert sum(counts) / len(counts) <= 10
+    assert max(counts) <= 16
+    assert len(set(counts)) > 1
+
+
+async def test_token_bucket_paces_publishes() -> None:
+    """The replay pacer lets a burst through, then holds to the configured rate."""
+    now = [0.0]
+    bucket = TokenBucket(rate=10, burst=5, clock=lambda: now[0])
+    for _ in range(5):
+        await bucket.take()
+    waiter = asyncio.create_task(bucket.take())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    now[0] += 0.1
+    await asyncio.wait_for(waiter, 1)
