@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -20,7 +24,7 @@ from gateway.config import Settings, load_settings
 from gateway.link import Link, TokenBucket, full_jitter
 from gateway.outbox import Outbox
 from gateway.state import StateStore
-from tests.conftest import Broker, ConfigFile
+from tests.conftest import REPO, Broker, ConfigFile, Daemon, clean_env
 from tests.test_app import running, wait_for
 
 pytestmark = pytest.mark.slow
@@ -246,3 +250,73 @@ async def test_token_bucket_paces_publishes() -> None:
     assert not waiter.done()
     now[0] += 0.1
     await asyncio.wait_for(waiter, 1)
+
+
+def _start_writer(
+    state_dir: Path, broker: Broker, gateway: str, round_no: int, *, drain: bool = False
+) -> subprocess.Popen[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "tests.kill_writer",
+        str(state_dir),
+        str(broker.port),
+        gateway,
+        str(round_no),
+    ]
+    return subprocess.Popen(
+        [*args, "--drain"] if drain else args,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=clean_env(),
+    )
+
+
+async def test_kill_9_rounds_lose_nothing_and_never_reuse_a_seq(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Ten times: a writer appends and delivers, and is killed with SIGKILL at a random
+    moment. Every record whose append had returned is delivered in the end, and no seq
+    ever names two different records."""
+    gateway = f"test.kill{uuid.uuid4().hex[:6]}"
+    state_dir = tmp_path / "state"
+    rng = random.Random(9)  # noqa: S311 - reproducible kill moments
+    promised: list[int] = []
+    async with subscriber(broker, f"vg/v1/{gateway}/events") as seen:
+        for round_no in range(10):
+            writer = _start_writer(state_dir, broker, gateway, round_no)
+            await asyncio.sleep(rng.uniform(0.3, 1.2))
+            writer.send_signal(signal.SIGKILL)
+            output, _ = await asyncio.to_thread(writer.communicate)
+            promised += [int(line) for line in output.split()]
+        assert len(promised) > 100, "the writer hardly ran; the test proves nothing"
+        assert promised == sorted(set(promised)), "a seq was handed out twice"
+        drainer = _start_writer(state_dir, broker, gateway, 99, drain=True)
+        try:
+            await wait_for(lambda: set(promised) <= {r["seq"] for r in seen.records("events")}, 60)
+        finally:
+            drainer.kill()
+            drainer.wait()
+    by_seq: dict[int, set[str]] = {}
+    for record in seen.records("events"):
+        by_seq.setdefault(record["seq"], set()).add(record["uid"])
+    assert all(len(uids) == 1 for uids in by_seq.values()), "a seq named two records"
+
+
+async def test_kill_9_leaves_online_false_within_1_5_keepalive(
+    broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon]
+) -> None:
+    """kill -9 of the daemon: the broker publishes the will, and the retained status says
+    online: false within 1.5 x keepalive; a restarted daemon says online: true again."""
+    _, gateway = settings_for(config_file, broker, keepalive_s="5")
+    async with subscriber(broker, f"vg/v1/{gateway}/status") as seen:
+        daemon = start_daemon("--config", str(config_file.path), web_port=config_file.web_port)
+        await wait_for(lambda: any(p.get("online") for p in seen.on("/status")), 15)
+        daemon.process.send_signal(signal.SIGKILL)
+        daemon.process.wait()
+        await wait_for(lambda: seen.on("/status")[-1] == {"online": False}, 7.5)
+        restarted = start_daemon("--config", str(config_file.path), web_port=config_file.web_port)
+        await wait_for(lambda: seen.on("/status")[-1].get("online") is True, 15)
+        assert seen.on("/status")[-1]["boot_count"] == 2
+        assert restarted.stop()[0] == 0
