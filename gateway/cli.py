@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
+from gateway import watch as watch_command
 from gateway.config import load_settings
 from gateway.errors import ConfigError
 
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", type=Path)
+
+    watch = commands.add_parser(
+        "watch", help="print what gateways publish, one JSON line per message"
+    )
+    watch_command.add_arguments(watch)
 
     commands.add_parser("version", help="print the version")
     return parser
@@ -110,4 +116,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "check-config":
         return _check_config(args.path)
+    if args.command == "watch":
+        return watch_command.run(args)
     return _run(args.config, demo=args.demo)

@@ -100,25 +100,6 @@ class LinkStats:
         }
 
 
-class _Acked:
-    """Per stream, the highest seq below which every record was acknowledged."""
-
-    def __init__(self) -> None:
-        self.upto: dict[Stream, int] = dict.fromkeys(DELIVERY_ORDER, 0)
-        self._early: dict[Stream, dict[int, int]] = {s: {} for s in DELIVERY_ORDER}
-
-    def add(self, batch: Batch) -> None:
-        early = self._early[batch.stream]
-        early[batch.first_seq] = batch.last_seq
-        upto = self.upto[batch.stream]
-        while (nxt := early.pop(upto + 1, None)) is not None:
-            upto = nxt
-        # A batch that starts at or below upto (a resend) only confirms what we knew.
-        for first in [f for f in early if f <= upto]:
-            upto = max(upto, early.pop(first))
-        self.upto[batch.stream] = upto
-
-
 def _first_leaf(group: BaseExceptionGroup[aiomqtt.MqttError]) -> aiomqtt.MqttError:
     """The first MqttError inside (possibly nested) task-group errors."""
     first = group.exceptions[0]
@@ -168,7 +149,6 @@ class Link(Component):
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.topics = Topics(settings.mqtt.topic_prefix, settings.gateway.id)
         self.stats = LinkStats()
-        self._acked = _Acked()
         self._sent_upto: dict[Stream, int] = dict.fromkeys(DELIVERY_ORDER, 0)
         self._client: aiomqtt.Client | None = None
 
@@ -294,7 +274,8 @@ class Link(Component):
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Publish the outbox in order, many records per message, several in flight."""
-        cursor = dict(self._acked.upto)  # resend whatever was not acknowledged
+        # Resend whatever was not acknowledged: start from each stream's delivered mark.
+        cursor = {stream: self._outbox.delivered(stream) for stream in DELIVERY_ORDER}
         resend_upto = dict(self._sent_upto)
         slots = asyncio.Semaphore(MAX_INFLIGHT)
         bucket = TokenBucket(
@@ -340,6 +321,5 @@ class Link(Component):
         finally:
             slots.release()
         self._outbox.acknowledge(batch)
-        self._acked.add(batch)
         self.stats.published_batches += 1
         self.stats.published_records += len(batch.bodies)

@@ -12,6 +12,10 @@ Why it looks like this:
   table in the same transaction as the records, so it survives restarts and an emptied
   outbox. If the file had to be replaced (corrupt), the ``epoch`` goes up instead, and
   every batch carries it, so the server can tell a new numbering from a replay.
+- **Deletes are deferred.** An acknowledged batch only moves the stream's ``delivered``
+  mark; rows are deleted when the stream is delivered to its end (one cheap DELETE of
+  whole pages) or when the delivered part grows large. Measured on these machines this
+  halves the bytes the card sees per record (see ``bench/bench_uplink.py``).
 - **Bounded.** Past ``max_bytes`` the oldest records are dropped by class: logs first,
   then telemetry, then events, replies last; every drop is counted and reported.
 - **One writer thread** owns the write connection; reads for the uplink use a second
@@ -80,7 +84,8 @@ CREATE TABLE IF NOT EXISTS counters (
     last_seq INTEGER NOT NULL DEFAULT 0,
     depth    INTEGER NOT NULL DEFAULT 0,
     bytes    INTEGER NOT NULL DEFAULT 0,
-    dropped  INTEGER NOT NULL DEFAULT 0
+    dropped  INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0
 );
 """
 )
@@ -130,9 +135,10 @@ class _Append:
 
 
 @dataclass(slots=True)
-class _Delete:
+class _Ack:
     stream: Stream
-    seqs: tuple[int, int]
+    first_seq: int
+    last_seq: int
 
 
 _STOP = object()
@@ -178,6 +184,11 @@ class Outbox:
         self._depth = dict.fromkeys(STREAMS, 0)
         self._bytes = dict.fromkeys(STREAMS, 0)
         self._dropped = dict.fromkeys(STREAMS, 0)
+        self._delivered = dict.fromkeys(STREAMS, 0)
+        """Per stream: every record up to this seq was acknowledged by the broker."""
+        self._delivered_bytes = dict.fromkeys(STREAMS, 0)
+        """Bytes of delivered records not yet deleted (deletes are deferred, see _purge)."""
+        self._early_acks: dict[Stream, dict[int, int]] = {name: {} for name in STREAMS}
         self._unreported_drops: dict[Stream, int] = {}
         self._last_drop_report = 0.0
         self.epoch = 1
@@ -238,6 +249,9 @@ class Outbox:
         try:
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute("PRAGMA synchronous = FULL")
+            # Debian builds SQLite with secure_delete on, which overwrites every freed
+            # page: twice the writes on an SD card for log lines nobody needs erased.
+            conn.execute("PRAGMA secure_delete = OFF")
             # Keep the WAL small against the budget: it is part of what the card holds.
             pages = max(64, min(1000, self.max_bytes // 4096 // 8))
             conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
@@ -246,11 +260,17 @@ class Outbox:
             for stream, stream_id in _STREAM_ID.items():
                 conn.execute("INSERT OR IGNORE INTO counters (stream) VALUES (?)", (stream_id,))
                 row = conn.execute(
-                    "SELECT last_seq, depth, bytes, dropped FROM counters WHERE stream = ?",
+                    "SELECT last_seq, depth, bytes, dropped, delivered FROM counters "
+                    "WHERE stream = ?",
                     (stream_id,),
                 ).fetchone()
-                self._last_seq[stream], self._depth[stream], self._bytes[stream], dropped = row
-                self._dropped[stream] = dropped
+                self._last_seq[stream], self._depth[stream], self._bytes[stream] = row[:3]
+                self._dropped[stream], self._delivered[stream] = row[3:]
+                self._delivered_bytes[stream] = conn.execute(
+                    f"SELECT COALESCE(SUM(LENGTH(body)), 0) FROM {_TABLE[stream]} "  # noqa: S608
+                    "WHERE seq <= ?",
+                    (self._delivered[stream],),
+                ).fetchone()[0]
             # A cheap proof the records B-tree is readable, not a full integrity scan
             # (that would take seconds on a full card at boot).
             for table in _TABLE.values():
@@ -395,24 +415,29 @@ class Outbox:
         last_seq, depth, size = dict(self._last_seq), dict(self._depth), dict(self._bytes)
         dropped: dict[Stream, int] = {}
         assigned: list[tuple[Callable[[int], None] | None, int]] = []
+        delivered, delivered_bytes = dict(self._delivered), dict(self._delivered_bytes)
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op in ops:
-                if isinstance(op, _Delete):
-                    self._delete(conn, op, depth, size)
+                if isinstance(op, _Ack):
+                    self._advance(conn, op, delivered, delivered_bytes, depth)
+            self._purge(conn, delivered, delivered_bytes, last_seq, size, full=False)
             appends = [op for op in ops if isinstance(op, _Append)]
             assigned = self._insert(conn, appends, last_seq, depth, size)
             if sum(size.values()) > self._budget:
-                dropped = self._drop_oldest(conn, depth, size)
+                self._purge(conn, delivered, delivered_bytes, last_seq, size, full=True)
+            if sum(size.values()) > self._budget:
+                dropped = self._drop_oldest(conn, delivered, depth, size)
             conn.executemany(
-                "UPDATE counters SET last_seq = ?, depth = ?, bytes = ?, dropped = ? "
-                "WHERE stream = ?",
+                "UPDATE counters SET last_seq = ?, depth = ?, bytes = ?, dropped = ?, "
+                "delivered = ? WHERE stream = ?",
                 [
                     (
                         last_seq[name],
                         depth[name],
                         size[name],
                         self._dropped[name] + dropped.get(name, 0),
+                        delivered[name],
                         stream_id,
                     )
                     for name, stream_id in _STREAM_ID.items()
@@ -421,6 +446,7 @@ class Outbox:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK")
+            self._early_acks = {name: {} for name in STREAMS}  # resent after a reconnect
             _log.error("outbox.commit_failed", error=str(exc), records=len(ops))
             # Nobody may wait forever on a record that was not stored: fail them all.
             for op in ops:
@@ -428,6 +454,7 @@ class Outbox:
                     op.done(-1)
             return
         self._last_seq, self._depth, self._bytes = last_seq, depth, size
+        self._delivered, self._delivered_bytes = delivered, delivered_bytes
         for stream, count in dropped.items():
             self._dropped[stream] += count
             self._unreported_drops[stream] = self._unreported_drops.get(stream, 0) + count
@@ -468,28 +495,73 @@ class Outbox:
                 )
         return assigned
 
-    def _delete(
+    def _advance(
         self,
         conn: sqlite3.Connection,
-        op: _Delete,
+        ack: _Ack,
+        delivered: dict[Stream, int],
+        delivered_bytes: dict[Stream, int],
         depth: dict[Stream, int],
-        size: dict[Stream, int],
     ) -> None:
-        first, last = op.seqs
-        removed = conn.execute(
-            f"SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM {_TABLE[op.stream]} "  # noqa: S608
-            "WHERE seq BETWEEN ? AND ?",
-            (first, last),
+        """Move the stream's delivered mark over every contiguous acknowledged batch."""
+        early = self._early_acks[ack.stream]
+        early[ack.first_seq] = max(ack.last_seq, early.get(ack.first_seq, 0))
+        mark = delivered[ack.stream]
+        new_mark = mark
+        while True:
+            reach = [last for first, last in early.items() if first <= new_mark + 1]
+            if not reach:
+                break
+            for first in [f for f in early if f <= new_mark + 1]:
+                del early[first]
+            new_mark = max(new_mark, *reach)
+        if new_mark == mark:
+            return
+        count, length = conn.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM {_TABLE[ack.stream]} "  # noqa: S608
+            "WHERE seq > ? AND seq <= ?",
+            (mark, new_mark),
         ).fetchone()
-        conn.execute(
-            f"DELETE FROM {_TABLE[op.stream]} WHERE seq BETWEEN ? AND ?",  # noqa: S608
-            (first, last),
-        )
-        depth[op.stream] -= removed[0]
-        size[op.stream] -= removed[1]
+        delivered[ack.stream] = new_mark
+        delivered_bytes[ack.stream] += length
+        depth[ack.stream] -= count
+
+    def _purge(
+        self,
+        conn: sqlite3.Connection,
+        delivered: dict[Stream, int],
+        delivered_bytes: dict[Stream, int],
+        last_seq: dict[Stream, int],
+        size: dict[Stream, int],
+        *,
+        full: bool,
+    ) -> None:
+        """Delete delivered records, as cheaply for the SD card as the state allows.
+
+        A stream delivered to its end is emptied with one unconditional DELETE, which
+        SQLite does by freeing whole pages (no row-by-row B-tree rebalancing, about a
+        fifth of the writes). A partly delivered stream is only cut when its delivered
+        part grows past an eighth of the budget, or when the budget is short (``full``).
+        """
+        for stream, table in _TABLE.items():
+            if delivered_bytes[stream] == 0 and size[stream] == 0:
+                continue
+            if delivered[stream] >= last_seq[stream]:
+                conn.execute(f"DELETE FROM {table}")  # noqa: S608
+                size[stream] = 0
+            elif full or delivered_bytes[stream] > self._budget // 8:
+                conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (delivered[stream],))  # noqa: S608
+                size[stream] -= delivered_bytes[stream]
+            else:
+                continue
+            delivered_bytes[stream] = 0
 
     def _drop_oldest(
-        self, conn: sqlite3.Connection, depth: dict[Stream, int], size: dict[Stream, int]
+        self,
+        conn: sqlite3.Connection,
+        delivered: dict[Stream, int],
+        depth: dict[Stream, int],
+        size: dict[Stream, int],
     ) -> dict[Stream, int]:
         """Delete the oldest records, logs first … replies last, until within budget."""
         dropped: dict[Stream, int] = {}
@@ -502,7 +574,8 @@ class Outbox:
             # outbox does not drop one record per append).
             target = excess + self._budget // 50
             cursor = conn.execute(
-                f"SELECT seq, LENGTH(body) FROM {table} ORDER BY seq"  # noqa: S608
+                f"SELECT seq, LENGTH(body) FROM {table} WHERE seq > ? ORDER BY seq",  # noqa: S608
+                (delivered[stream],),
             )
             freed, count, last = 0, 0, None
             for seq, length in cursor:
@@ -563,6 +636,7 @@ class Outbox:
         self, stream: Stream, after_seq: int, max_records: int, max_bytes: int
     ) -> Batch | None:
         assert self._read_conn is not None  # noqa: S101 - opened in open()
+        after_seq = max(after_seq, self._delivered[stream])
         cursor = self._read_conn.execute(
             f"SELECT seq, body FROM {_TABLE[stream]} WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
             (after_seq, max_records),
@@ -582,8 +656,12 @@ class Outbox:
         return Batch(stream, seqs[0], seqs[-1], tuple(bodies))
 
     def acknowledge(self, batch: Batch) -> None:
-        """The broker has the batch: delete its records (in the next transaction)."""
-        self._queue.put(_Delete(batch.stream, (batch.first_seq, batch.last_seq)))
+        """The broker has the batch: mark it delivered (in the next transaction)."""
+        self._queue.put(_Ack(batch.stream, batch.first_seq, batch.last_seq))
+
+    def delivered(self, stream: Stream) -> int:
+        """Every record of ``stream`` up to this seq has been acknowledged."""
+        return self._delivered[stream]
 
     # -- statistics and closing -------------------------------------------------------
 
@@ -595,7 +673,7 @@ class Outbox:
                 disk += Path(f"{self.path}{suffix}").stat().st_size
         return OutboxStats(
             depth=dict(self._depth),
-            bytes=dict(self._bytes),
+            bytes={name: self._bytes[name] - self._delivered_bytes[name] for name in STREAMS},
             dropped=dict(self._dropped),
             last_seq=dict(self._last_seq),
             disk_bytes=disk,
@@ -612,10 +690,11 @@ class Outbox:
             assert self._read_conn is not None  # noqa: S101 - opened in open()
             ages = [
                 row[0]
-                for table in _TABLE.values()
+                for stream, table in _TABLE.items()
                 if (
                     row := self._read_conn.execute(
-                        f"SELECT created FROM {table} ORDER BY seq LIMIT 1"  # noqa: S608
+                        f"SELECT created FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1",  # noqa: S608
+                        (self._delivered[stream],),
                     ).fetchone()
                 )
                 is not None
