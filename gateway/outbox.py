@@ -539,9 +539,10 @@ class Outbox:
         """Delete delivered records, as cheaply for the SD card as the state allows.
 
         A stream delivered to its end is emptied with one unconditional DELETE, which
-        SQLite does by freeing whole pages (no row-by-row B-tree rebalancing, about a
-        fifth of the writes). A partly delivered stream is only cut when its delivered
-        part grows past an eighth of the budget, or when the budget is short (``full``).
+        SQLite does by freeing whole pages (no row-by-row B-tree rebalancing: a fifth of
+        the writes, measured). A partly delivered stream is only cut when the budget is
+        short (``full``): until then its delivered rows cost disk space the file has
+        reserved anyway, and no writes.
         """
         for stream, table in _TABLE.items():
             if delivered_bytes[stream] == 0 and size[stream] == 0:
@@ -549,7 +550,7 @@ class Outbox:
             if delivered[stream] >= last_seq[stream]:
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608
                 size[stream] = 0
-            elif full or delivered_bytes[stream] > self._budget // 8:
+            elif full:
                 conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (delivered[stream],))  # noqa: S608
                 size[stream] -= delivered_bytes[stream]
             else:

@@ -65,6 +65,7 @@ class Broker:
                 user root
                 allow_anonymous true
                 set_tcp_nodelay true
+                max_queued_messages 0
                 persistence true
                 persistence_location {self.workdir}/
                 autosave_interval 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,27 @@ def test_demo_refuses_a_lan_broker(config_file: ConfigFile) -> None:
     config_file.write(replace={'host = "127.0.0.1"\nport': 'host = "192.0.2.10"\nport'})
     with pytest.raises(ConfigError, match=r"mqtt\.host: the demo only connects to loopback"):
         load_settings(config_file.path, demo=True)
+
+
+def test_example_config_documents_every_key() -> None:
+    """Every key the daemon knows appears in config.example.toml (set, or commented out
+    with its default), so installers never meet an undocumented key."""
+    from pydantic import BaseModel  # noqa: PLC0415
+
+    from gateway.config import HotspotConfig, RelayConfig, Settings  # noqa: PLC0415
+
+    text = (REPO / "config.example.toml").read_text(encoding="utf-8")
+    missing = []
+    sections: dict[str, type[BaseModel]] = {
+        "relays.NAME": RelayConfig,
+        "hotspots.NAME": HotspotConfig,
+    }
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            sections[name] = annotation
+    for section, model in sections.items():
+        for key in model.model_fields:
+            if not re.search(rf"^#? ?{key} = ", text, flags=re.MULTILINE):
+                missing.append(f"{section}.{key}")
+    assert missing == []
