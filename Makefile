@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_BROKER_PORT ?= 1883
 
-.PHONY: run test bench lint bootstrap clean
+.PHONY: run test bench lint bootstrap clean schemas
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -28,6 +28,10 @@ lint: bootstrap
 ## bench: benchmarks, each printed as a ratio against a bare baseline from the same run.
 bench: bootstrap
 	$(BIN)/python -m bench
+
+## schemas: regenerate docs/schemas/ from the payload models (a test checks they match).
+schemas: bootstrap
+	$(BIN)/python -m gateway.schemas docs/schemas
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

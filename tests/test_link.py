@@ -23,6 +23,8 @@ from gateway.component import Backoff, Health
 from gateway.config import Settings, load_settings
 from gateway.link import Link, TokenBucket, full_jitter
 from gateway.outbox import Outbox
+from gateway.schemas import Batch as BatchSchema
+from gateway.schemas import OfflineStatus, OnlineStatus
 from gateway.state import StateStore
 from tests.conftest import REPO, Broker, ConfigFile, Daemon, clean_env
 from tests.test_app import running, wait_for
@@ -96,9 +98,9 @@ async def test_presence_state_and_clean_stop(broker: Broker, config_file: Config
             await wait_for(lambda: any(p.get("online") for p in seen.on("/status")), 10)
             await wait_for(lambda: bool(seen.on("/state/system")), 10)
         await wait_for(lambda: seen.on("/status")[-1].get("online") is False, 5)
-    online = next(p for p in seen.on("/status") if p.get("online"))
-    assert {"version", "ts", "started_at", "clock_synced", "boot_count"} <= online.keys()
-    assert online["boot_count"] == 1
+    online = OnlineStatus.model_validate(next(p for p in seen.on("/status") if p.get("online")))
+    assert online.boot_count == 1
+    OfflineStatus.model_validate(seen.on("/status")[-1])
     system = seen.on("/state/system")[0]
     assert {"version", "uptime_s", "clock_synced", "outbox", "link"} <= system.keys()
     async with subscriber(broker, f"vg/v1/{gateway}/status") as late:
@@ -164,6 +166,8 @@ async def test_outage_loses_nothing_and_keeps_order(
         r["n"] for r in sorted({r["seq"]: r for r in records}.values(), key=lambda r: r["seq"])
     ] == list(range(800))
     batches = seen.on("/events")
+    for batch in batches:
+        BatchSchema.model_validate(batch)
     assert any(len(batch["records"]) > 1 for batch in batches), "records were not batched"
     assert all(batch["gateway"] == gateway and batch["stream"] == "events" for batch in batches)
 
