@@ -146,6 +146,8 @@ async def test_metrics_are_prometheus_text(config_file: ConfigFile) -> None:
     assert content_type.startswith("text/plain")
     assert 'vg_component_healthy{component="system",critical="false"} 1.0' in text
     assert "vg_uptime_seconds" in text
+    assert 'vg_outbox_depth{stream="events"}' in text
+    assert "vg_link_connected 0.0" in text  # the test config names no running broker
 
 
 async def test_reload_applies_live_keys_and_reports_restart_keys(config_file: ConfigFile) -> None:
