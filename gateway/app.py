@@ -138,7 +138,9 @@ class App:
             boot_count=boot_count,
             clock_synced=clock_synced,
         )
-        system = SystemMonitor(self.state, details=self._system_details)
+        system = SystemMonitor(
+            self.state, details=self._system_details, refresh=self.outbox.refresh_oldest_age
+        )
         telemetry = Telemetry(
             self.outbox,
             state_dir=settings.gateway.state_dir,
@@ -160,6 +162,7 @@ class App:
                 "dropped": stats.dropped,
                 "bytes": stats.bytes,
                 "disk_bytes": stats.disk_bytes,
+                "oldest_age_s": stats.oldest_age_s,
                 "epoch": stats.epoch,
             }
         if self.link is not None:

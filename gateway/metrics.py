@@ -89,6 +89,12 @@ class _GatewayCollector(Collector):
         yield CounterMetricFamily(
             "vg_outbox_commits", "Transactions committed (fsyncs)", value=stats.commits
         )
+        if stats.oldest_age_s is not None:
+            yield GaugeMetricFamily(
+                "vg_outbox_oldest_age_seconds",
+                "Age of the oldest record not yet delivered",
+                value=stats.oldest_age_s,
+            )
 
     def _collect_link(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._link()

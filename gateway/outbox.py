@@ -141,6 +141,11 @@ class _Ack:
     last_seq: int
 
 
+@dataclass(slots=True)
+class _Flush:
+    done: Callable[[], None]
+
+
 _STOP = object()
 
 
@@ -195,6 +200,7 @@ class Outbox:
         self.appended = 0
         self.commits = 0
         self.recovered_from: Path | None = None
+        self._oldest_age: float | None = None
 
     # -- opening ----------------------------------------------------------------------
 
@@ -412,6 +418,14 @@ class Outbox:
         return False
 
     def _commit(self, conn: sqlite3.Connection, ops: list[object]) -> None:
+        try:
+            self._commit_ops(conn, ops)
+        finally:
+            for op in ops:
+                if isinstance(op, _Flush):
+                    op.done()
+
+    def _commit_ops(self, conn: sqlite3.Connection, ops: list[object]) -> None:
         last_seq, depth, size = dict(self._last_seq), dict(self._depth), dict(self._bytes)
         dropped: dict[Stream, int] = {}
         assigned: list[tuple[Callable[[int], None] | None, int]] = []
@@ -660,6 +674,17 @@ class Outbox:
         """The broker has the batch: mark it delivered (in the next transaction)."""
         self._queue.put(_Ack(batch.stream, batch.first_seq, batch.last_seq))
 
+    async def flush(self) -> None:
+        """Wait until everything queued so far (appends and acknowledgements) is committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:
+            loop.call_soon_threadsafe(_resolve_flush, future)
+
+        self._queue.put(_Flush(done))
+        await future
+
     def delivered(self, stream: Stream) -> int:
         """Every record of ``stream`` up to this seq has been acknowledged."""
         return self._delivered[stream]
@@ -681,10 +706,15 @@ class Outbox:
             epoch=self.epoch,
             appended=self.appended,
             commits=self.commits,
+            oldest_age_s=self._oldest_age,
         )
 
-    async def oldest_age_s(self) -> float | None:
-        """Age in seconds of the oldest record waiting, any stream."""
+    async def refresh_oldest_age(self) -> float | None:
+        """Measure the age in seconds of the oldest record waiting (any stream).
+
+        A query, so it is not done on every ``stats()``: the ``system`` component calls
+        this on its beat and ``stats()`` reports the last value.
+        """
         loop = asyncio.get_running_loop()
 
         def query() -> float | None:
@@ -702,7 +732,8 @@ class Outbox:
             ]
             return self._clock() - min(ages) if ages else None
 
-        return await loop.run_in_executor(self._reader, query)
+        self._oldest_age = await loop.run_in_executor(self._reader, query)
+        return self._oldest_age
 
     async def close(self) -> None:
         """Commit what is queued, checkpoint, and close both connections."""
@@ -716,6 +747,11 @@ class Outbox:
             conn = self._read_conn
             await asyncio.get_running_loop().run_in_executor(self._reader, conn.close)
         self._reader.shutdown(wait=True)
+
+
+def _resolve_flush(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _resolve(future: asyncio.Future[int], seq: int) -> None:

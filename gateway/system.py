@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,13 @@ class SystemMonitor(Component):
         state: StateStore,
         *,
         details: Callable[[], dict[str, Any]],
+        refresh: Callable[[], Awaitable[object]] | None = None,
         interval_s: float = 30.0,
         marker: Path = TIMESYNC_MARKER,
     ) -> None:
         self._state = state
         self._details = details
+        self._refresh = refresh
         self._interval_s = interval_s
         self._marker = marker
         self._started = time.monotonic()
@@ -60,6 +62,8 @@ class SystemMonitor(Component):
     async def run(self, health: Health) -> None:
         """Publish the snapshot at start and then every interval."""
         while True:
+            if self._refresh is not None:
+                await self._refresh()  # figures that need a query, e.g. the oldest record
             await self._state.set("system", self.measure())
             health.beat()
             await asyncio.sleep(self._interval_s)

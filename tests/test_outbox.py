@@ -204,3 +204,21 @@ async def test_start_with_a_full_outbox_is_quick(tmp_path: Path) -> None:
     assert reopened.stats().depth["logs"] == 40_000
     assert took < 5
     await reopened.close()
+
+
+async def test_oldest_age_counts_only_undelivered_records(tmp_path: Path) -> None:
+    """The age of the oldest waiting record (shown in state/system and /metrics) follows
+    the clock, and is None once everything was delivered."""
+    now = [1000.0]
+    outbox = await Outbox.open(tmp_path, commit_window_s=0.01, clock=lambda: now[0])
+    await outbox.append("logs", {"n": 1})
+    now[0] += 30
+    await outbox.append("events", {"n": 2})
+    now[0] += 12
+    assert await outbox.refresh_oldest_age() == 42
+    assert outbox.stats().oldest_age_s == 42
+    await drain(outbox, "logs")
+    await drain(outbox, "events")
+    await outbox.flush()
+    assert await outbox.refresh_oldest_age() is None
+    await outbox.close()
