@@ -31,12 +31,15 @@ from gateway.errors import ConfigError, ConfigProblem
 
 __all__ = [
     "DEMO_CONFIG",
+    "BroadcastSchedule",
     "GatewaySection",
     "HotspotConfig",
     "LogSection",
     "MqttSection",
     "PaSection",
     "RelayConfig",
+    "RelaySchedule",
+    "SchedulesSection",
     "Settings",
     "WebSection",
     "flatten",
@@ -137,6 +140,10 @@ class RelayConfig(_Section):
     pin: int
     active_high: bool = False
     power_on: Literal["off", "on", "restore", "schedule"] = "off"
+    shutdown: Literal["hold", "off"] = "off"
+    min_switch_interval_s: float = Field(default=1.0, ge=0, le=3600)
+    max_on_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    interlock: str | None = Field(default=None, pattern=_NAME.pattern)
     label: str = ""
 
     @field_validator("pin")
@@ -145,6 +152,59 @@ class RelayConfig(_Section):
         if value not in _BCM_PINS:
             raise ValueError(f"must be a BCM GPIO number 0-27, got {value}")
         return value
+
+
+_TIME_OF_DAY = re.compile(r"^(?:(?:[01]\d|2[0-3]):[0-5]\d|(?:sunrise|sunset)(?:[+-]\d{1,3}m)?)$")
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+TimeOfDay = Annotated[str, Field(pattern=_TIME_OF_DAY.pattern)]
+"""``"HH:MM"`` local time, or ``sunset``/``sunrise`` with an optional ``+Nm``/``-Nm``."""
+
+
+def _all_days() -> list[Weekday]:
+    return list(_WEEKDAYS)  # type: ignore[arg-type]
+
+
+class RelaySchedule(_Section):
+    """An interval of desired state: ``relay`` is on from ``on`` to ``off`` that day.
+
+    An interval does not cross midnight; lights on through the night are two entries
+    (``sunset+10m`` → ``22:30`` and ``04:45`` → ``sunrise-15m``).
+    """
+
+    relay: Name
+    on: TimeOfDay
+    off: TimeOfDay
+    days: list[Weekday] = Field(default_factory=_all_days, min_length=1)
+
+    @model_validator(mode="after")
+    def _off_after_on(self) -> RelaySchedule:
+        fixed = ":" in self.on and ":" in self.off
+        if fixed and self.off <= self.on:
+            raise ValueError(
+                f"off ({self.off}) is not after on ({self.on}); an interval does not cross "
+                "midnight: use two entries"
+            )
+        return self
+
+
+class BroadcastSchedule(_Section):
+    """A moment: play ``clip`` at ``at`` on ``days``."""
+
+    at: TimeOfDay
+    clip: str = Field(min_length=1)
+    days: list[Weekday] = Field(default_factory=_all_days, min_length=1)
+    priority: Literal["scheduled", "announcement", "background"] = "scheduled"
+    volume: int | None = Field(default=None, ge=0, le=100)
+
+
+class SchedulesSection(_Section):
+    """Clock and sun schedules for relays and broadcasts."""
+
+    when_unsynced: Literal["run", "hold"] = "run"
+    grace_s: float = Field(default=300, ge=0, le=3600)
+    relays: list[RelaySchedule] = Field(default_factory=list)
+    broadcasts: list[BroadcastSchedule] = Field(default_factory=list)
 
 
 class PaSection(_Section):
@@ -255,6 +315,8 @@ class CommandsSection(_Section):
     """The command path."""
 
     default_ttl_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    max_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    hmac_key_file: Path | None = None
 
 
 class Settings(BaseSettings):
@@ -278,6 +340,7 @@ class Settings(BaseSettings):
     outbox: OutboxSection = OutboxSection()
     telemetry: TelemetrySection = TelemetrySection()
     commands: CommandsSection = CommandsSection()
+    schedules: SchedulesSection = SchedulesSection()
 
     @classmethod
     def settings_customise_sources(
@@ -310,11 +373,17 @@ class Settings(BaseSettings):
     def _amp_relay_exists(self) -> Settings:
         # A check across sections has no field of its own in pydantic's error path, so
         # the message starts with its key; _problems() splits it off again.
+        known = ", ".join(sorted(self.relays)) or "none"
         if self.pa.amp_relay is not None and self.pa.amp_relay not in self.relays:
             raise ValueError(
-                f"pa.amp_relay: names no relay: {self.pa.amp_relay!r} "
-                f"(relays: {', '.join(sorted(self.relays)) or 'none'})"
+                f"pa.amp_relay: names no relay: {self.pa.amp_relay!r} (relays: {known})"
             )
+        for index, schedule in enumerate(self.schedules.relays):
+            if schedule.relay not in self.relays:
+                raise ValueError(
+                    f"schedules.relays.{index}.relay: names no relay: {schedule.relay!r} "
+                    f"(relays: {known})"
+                )
         return self
 
     def topic(self, *parts: str) -> str:
