@@ -201,6 +201,8 @@ class Outbox:
         self.commits = 0
         self.recovered_from: Path | None = None
         self._oldest_age: float | None = None
+        self._failing = False
+        self.failed_commits = 0
 
     # -- opening ----------------------------------------------------------------------
 
@@ -381,7 +383,10 @@ class Outbox:
                     break
                 ops = [first]
                 stop = self._gather(ops)
-                self._commit(conn, ops)
+                try:
+                    self._commit(conn, ops)
+                except Exception as exc:  # the writer thread must outlive any one batch
+                    self._commit_failed(f"{type(exc).__name__}: {exc}", ops)
                 if stop:
                     break
         finally:
@@ -459,14 +464,15 @@ class Outbox:
             )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
-            self._early_acks = {name: {} for name in STREAMS}  # resent after a reconnect
-            _log.error("outbox.commit_failed", error=str(exc), records=len(ops))
-            # Nobody may wait forever on a record that was not stored: fail them all.
-            for op in ops:
-                if isinstance(op, _Append) and op.done is not None:
-                    op.done(-1)
+            # SQLite may have rolled back already (disk full, I/O error): a second
+            # ROLLBACK would raise and take the writer thread down with it.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._commit_failed(str(exc), ops)
             return
+        if self._failing:
+            self._failing = False
+            _log.warning("outbox.commit_recovered")
         self._last_seq, self._depth, self._bytes = last_seq, depth, size
         self._delivered, self._delivered_bytes = delivered, delivered_bytes
         for stream, count in dropped.items():
@@ -480,6 +486,25 @@ class Outbox:
         if assigned and self._loop is not None:
             self._loop.call_soon_threadsafe(self._new_records.set)
         self._report_drops()
+
+    def _commit_failed(self, error: str, ops: list[object]) -> None:
+        """Fail every waiting append of the batch and log, once per run of failures: the
+        log line itself goes into the outbox and would fail again (a full disk would
+        otherwise feed on its own errors)."""
+        self._early_acks = {name: {} for name in STREAMS}  # resent after a reconnect
+        self.failed_commits += 1
+        if not self._failing:
+            self._failing = True
+            _log.error(
+                "outbox.commit_failed",
+                error=error,
+                records=len(ops),
+                note="appends fail until the next successful commit",
+            )
+        # Nobody may wait forever on a record that was not stored.
+        for op in ops:
+            if isinstance(op, _Append) and op.done is not None:
+                op.done(-1)
 
     def _insert(
         self,
