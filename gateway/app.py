@@ -20,15 +20,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from gateway import __version__
+from gateway.commands import Dispatcher, Handler, LogLevelArgs, Source
 from gateway.component import Backoff, Component, Health, supervise
 from gateway.config import Settings, flatten, load_settings
+from gateway.downlink import Downlink
 from gateway.errors import ConfigError, StartupError
 from gateway.link import Link
 from gateway.log import get_logger, set_level
 from gateway.logupload import LogUploader
 from gateway.metrics import build_registry
-from gateway.outbox import Outbox
+from gateway.mqtt import Topics
+from gateway.outbox import Outbox, Stream
 from gateway.state import StateStore
 from gateway.system import SystemMonitor, clock_synced
 from gateway.systemd import Notifier, watchdog_interval
@@ -102,6 +107,7 @@ class App:
         self.state = StateStore()
         self.outbox: Outbox | None = None
         self.link: Link | None = None
+        self.dispatcher: Dispatcher | None = None
         self.components: list[Component] = []
         self.healths: dict[str, Health] = {}
         self._watchdog_withheld: str | None = None
@@ -130,10 +136,24 @@ class App:
         )
         if self._uploader is not None:
             self._uploader.attach(self.outbox)
+        self.dispatcher = Dispatcher(
+            state_dir=settings.gateway.state_dir,
+            handlers=self._handlers(),
+            record=self._record,
+            clock_synced=clock_synced,
+            default_ttl_s=settings.commands.default_ttl_s,
+            max_bytes=settings.commands.max_bytes,
+            hmac_key=_read_key(settings.commands.hmac_key_file),
+        )
         self.link = Link(
             settings,
             self.outbox,
             self.state,
+            on_command=Downlink(
+                self.dispatcher,
+                Topics(settings.mqtt.topic_prefix, settings.gateway.id),
+                settings.gateway.groups,
+            ),
             started_at=self._started_at,
             boot_count=boot_count,
             clock_synced=clock_synced,
@@ -151,6 +171,27 @@ class App:
         self.healths.update(
             (c.name, Health(c.name, c.critical, c.heartbeat_timeout_s)) for c in self.components
         )
+
+    async def _record(self, stream: Stream, record: dict[str, Any], urgent: bool) -> None:
+        assert self.outbox is not None  # noqa: S101 - opened before the dispatcher exists
+        await self.outbox.append(stream, record, urgent=urgent)
+
+    def _handlers(self) -> dict[str, Handler]:
+        """The command types this gateway runs, by type (a table, not an if-ladder)."""
+        return {"system.ping": self._ping, "log.level": self._log_level}
+
+    async def _ping(self, args: BaseModel, source: Source) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "clock_synced": clock_synced(),
+            "outbox": self.outbox.stats().total_depth() if self.outbox else 0,
+        }
+
+    async def _log_level(self, args: BaseModel, source: Source) -> dict[str, Any]:
+        assert isinstance(args, LogLevelArgs)  # noqa: S101 - the dispatcher validated it
+        set_level(args.level)
+        return {"level": args.level}
 
     def _system_details(self) -> dict[str, Any]:
         """The outbox and link parts of the ``system`` snapshot."""
@@ -271,6 +312,8 @@ class App:
 
     async def _close_outbox(self) -> None:
         """Hand logging back to the terminal only, then commit and close the outbox."""
+        if self.dispatcher is not None:
+            self.dispatcher.close()
         if self._uploader is not None:
             self._uploader.attach(None)
         if self.outbox is not None:
@@ -337,6 +380,21 @@ class App:
             _log.warning("config.restart_required", keys=self.restart_required)
         self._notifier.ready(self.status_line())
         return True
+
+
+def _read_key(path: Path | None) -> bytes | None:
+    """The command-signing key, if one is configured."""
+    if path is None:
+        return None
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise StartupError.single(
+            "commands.hmac_key_file", f"{path} cannot be read: {exc.strerror or exc}"
+        ) from exc
+    if not key:
+        raise StartupError.single("commands.hmac_key_file", f"{path} is empty")
+    return key
 
 
 def _count_boot(state_dir: Path) -> int:

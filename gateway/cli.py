@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
+from gateway import send as send_command
 from gateway import watch as watch_command
 from gateway.config import load_settings
 from gateway.errors import ConfigError
@@ -48,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
         "watch", help="print what gateways publish, one JSON line per message"
     )
     watch_command.add_arguments(watch)
+
+    send = commands.add_parser(
+        "send", help="publish a command to a gateway or group and print its final reply"
+    )
+    send_command.add_arguments(send)
 
     commands.add_parser("version", help="print the version")
     return parser
@@ -118,4 +124,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.path)
     if args.command == "watch":
         return watch_command.run(args)
+    if args.command == "send":
+        return send_command.run(args)
     return _run(args.config, demo=args.demo)

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gateway.config import BroadcastSchedule, RelaySchedule
 from gateway.errors import GatewayError
 from gateway.log import get_logger
+from gateway.outbox import Stream
 
 __all__ = [
     "PRIORITIES",
@@ -287,7 +288,7 @@ class Dispatcher:
         *,
         state_dir: Path,
         handlers: Mapping[str, Handler],
-        record: Callable[[str, dict[str, Any], bool], Awaitable[object]],
+        record: Callable[[Stream, dict[str, Any], bool], Awaitable[object]],
         clock_synced: Callable[[], bool],
         default_ttl_s: int = 300,
         max_bytes: int = 64 * 1024,

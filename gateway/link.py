@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway import __version__
 from gateway.component import Component, Health
@@ -226,7 +227,13 @@ class Link(Component):
             topics = [self.topics.cmd] + [
                 self.topics.group_cmd(g) for g in self._settings.gateway.groups
             ]
-            await client.subscribe([(topic, 1) for topic in topics])
+            if self._settings.mqtt.protocol == "5":
+                # Keep the retain flag of live messages too, so a command published with
+                # retain set is recognised (and refused) at once, not only at reconnect.
+                options = SubscribeOptions(qos=1, retainAsPublished=True)
+                await client.subscribe([(topic, options) for topic in topics])
+            else:
+                await client.subscribe([(topic, 1) for topic in topics])
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._receive(client))

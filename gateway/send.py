@@ -1,0 +1,146 @@
+"""``village-gateway send``: the commune side — publish one command, wait for its reply.
+
+``send --gateway ID TYPE key=value ...`` publishes to ``P/ID/cmd`` and prints the final
+reply as JSON; ``--group G`` publishes to ``P/group/G/cmd`` and prints the final reply of
+every gateway that answers within the timeout. Values are JSON where they parse as JSON
+(``on=true``, ``for_s=600``, ``schedules=[...]``), strings otherwise (``relay=yard``).
+Exit status: 0 only when every reply is ``done``; 1 otherwise; 2 for bad options;
+3 when no final reply came in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import aiomqtt
+
+from gateway.errors import ConfigError
+from gateway.mqtt import (
+    Topics,
+    add_broker_arguments,
+    describe_error,
+    make_client,
+    mqtt_section_from_args,
+)
+
+__all__ = ["add_arguments", "build_command", "run"]
+
+EXIT_NOT_DONE = 1
+EXIT_BAD_OPTIONS = 2
+EXIT_TIMEOUT = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``send``'s options: target, type, key=value arguments, timeout, broker flags."""
+    parser.add_argument("--gateway", metavar="ID", help="the gateway that runs the command")
+    parser.add_argument("--group", metavar="G", help="send to every gateway in group G")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the final reply (default 30)",
+    )
+    parser.add_argument("--ttl", type=int, metavar="S", help="ttl_s of the command")
+    parser.add_argument("type", metavar="TYPE", help="command type, e.g. relay.set")
+    parser.add_argument("args", nargs="*", metavar="KEY=VALUE", help="command arguments")
+    add_broker_arguments(parser)
+
+
+def _value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def build_command(type_: str, pairs: list[str], *, ttl_s: int | None = None) -> dict[str, Any]:
+    """The command envelope for ``TYPE key=value ...`` with a fresh id and issued_at."""
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError.single(pair, "arguments are KEY=VALUE")
+        args[key] = _value(text)
+    command: dict[str, Any] = {
+        "id": f"send-{uuid.uuid4().hex[:16]}",
+        "type": type_,
+        "args": args,
+        "issued_at": datetime.now(UTC).astimezone().isoformat(timespec="seconds"),
+    }
+    if ttl_s is not None:
+        command["ttl_s"] = ttl_s
+    return command
+
+
+async def send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Publish, collect final replies, print them; returns the exit status."""
+    if bool(args.gateway) == bool(args.group):
+        err.write("village-gateway send: give exactly one of --gateway or --group\n")
+        return EXIT_BAD_OPTIONS
+    try:
+        mqtt = mqtt_section_from_args(args)
+        command = build_command(args.type, args.args, ttl_s=args.ttl)
+        topics = Topics(mqtt.topic_prefix, args.gateway or "commune")
+    except (ConfigError, ValueError) as exc:
+        err.write(f"village-gateway send: {exc}\n")
+        return EXIT_BAD_OPTIONS
+    target = topics.cmd if args.gateway else topics.group_cmd(args.group)
+    replies_from = topics.reply if args.gateway else f"{mqtt.topic_prefix}/+/reply"
+    finals: dict[str, dict[str, Any]] = {}
+    try:
+        async with make_client(mqtt, identifier=f"vg-send-{uuid.uuid4().hex[:8]}") as client:
+            await client.subscribe(replies_from, qos=1)
+            await client.publish(target, json.dumps(command).encode(), qos=1)
+            try:
+                async with asyncio.timeout(args.timeout):
+                    async for message in client.messages:
+                        reply = _decode(message.payload)
+                        if reply is None or reply.get("id") != command["id"]:
+                            continue
+                        if reply.get("status") == "accepted":
+                            err.write(f"accepted by {message.topic.value.split('/')[-2]}\n")
+                            continue
+                        sender = message.topic.value.split("/")[-2]
+                        finals[sender] = reply
+                        out.write(json.dumps(reply, ensure_ascii=False) + "\n")
+                        out.flush()
+                        if args.gateway:
+                            break
+            except TimeoutError:
+                if not finals:
+                    err.write(f"village-gateway send: no final reply within {args.timeout} s\n")
+                    return EXIT_TIMEOUT
+    except aiomqtt.MqttError as exc:
+        err.write(f"village-gateway send: {describe_error(exc)}\n")
+        return EXIT_NOT_DONE
+    except ConfigError as exc:
+        err.write(f"village-gateway send: {exc}\n")
+        return EXIT_BAD_OPTIONS
+    return (
+        0 if finals and all(r.get("status") == "done" for r in finals.values()) else EXIT_NOT_DONE
+    )
+
+
+def _decode(payload: object) -> dict[str, Any] | None:
+    if not isinstance(payload, bytes | bytearray):
+        return None
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``send`` command for ``gateway.cli``."""
+    try:
+        return asyncio.run(send(args, sys.stdout, sys.stderr))
+    except KeyboardInterrupt:
+        return 130

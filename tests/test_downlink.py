@@ -1,0 +1,151 @@
+"""Commands over a real broker to real daemons, and the commune's `send` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from tests.conftest import Broker, ConfigFile, Daemon, clean_env, free_port
+from tests.test_app import wait_for
+from tests.test_link import settings_for, subscriber
+
+pytestmark = pytest.mark.slow
+
+
+def send(broker: Broker, *args: str) -> subprocess.CompletedProcess[str]:
+    """`village-gateway send` as the commune would run it."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "send",
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env=clean_env(),
+    )
+
+
+def daemon_on(
+    broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon], group: str
+) -> tuple[Daemon, str]:
+    """A daemon on the test broker with a fresh id, in ``group``."""
+    _, gateway = settings_for(config_file, broker)
+    text = config_file.path.read_text().replace(
+        'groups = ["commune.test"]', f'groups = ["{group}"]'
+    )
+    config_file.path.write_text(text)
+    daemon = start_daemon("--config", str(config_file.path), web_port=config_file.web_port)
+    daemon.wait_healthy()
+    return daemon, gateway
+
+
+async def test_send_ping_and_log_level(
+    broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon]
+) -> None:
+    """`send --gateway ID system.ping` prints the done reply with version and uptime and
+    exits 0; `log.level level=DEBUG` changes the level at run time; a bad argument is
+    rejected and `send` exits 1."""
+    daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
+    await asyncio.sleep(0.5)  # let the daemon subscribe
+    ping = await asyncio.to_thread(send, broker, "--gateway", gateway, "system.ping")
+    assert ping.returncode == 0, ping.stderr
+    reply = json.loads(ping.stdout)
+    assert reply["status"] == "done"
+    assert reply["result"]["version"]
+    level = await asyncio.to_thread(send, broker, "--gateway", gateway, "log.level", "level=DEBUG")
+    assert level.returncode == 0, level.stderr
+    bad = await asyncio.to_thread(send, broker, "--gateway", gateway, "log.level", "level=LOUD")
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["error"]["code"] == "bad_args"
+    assert daemon.stop()[0] == 0
+
+
+async def test_bad_payloads_over_mqtt_get_their_replies(
+    broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon]
+) -> None:
+    """Raw bad payloads on P/ID/cmd each get the documented reply on P/ID/reply; a
+    retained command and a command for a foreign group get none."""
+    daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
+    async with (
+        subscriber(broker, f"vg/v1/{gateway}/reply") as seen,
+        aiomqtt.Client(broker.host, broker.port) as commune,
+    ):
+        await asyncio.sleep(0.5)
+        cmd = f"vg/v1/{gateway}/cmd"
+        await commune.publish(cmd, b"not json", qos=1)
+        await commune.publish(cmd, b'{"id": "u-1", "type": "relay.fly", "args": {}}', qos=1)
+        await commune.publish(cmd, b"\xff\xfe", qos=1)
+        await commune.publish(cmd, b"[" * 10_000, qos=1)
+        await commune.publish(
+            cmd, b'{"id": "r-1", "type": "system.ping", "args": {}}', qos=1, retain=True
+        )
+        await commune.publish(
+            "vg/v1/group/not.ours/cmd",
+            b'{"id": "f-1", "type": "system.ping", "args": {}}',
+            qos=1,
+        )
+        await commune.publish(cmd, b'{"id": "d-1", "type": "system.ping", "args": {}}', qos=1)
+        await commune.publish(cmd, b'{"id": "d-1", "type": "system.ping", "args": {}}', qos=1)
+        await wait_for(lambda: len(seen.on("/reply")) >= 6, 10)
+        await asyncio.sleep(0.5)
+        await commune.publish(cmd, b"", qos=1, retain=True)  # clear the retained one
+    replies = seen.on("/reply")
+    codes = [(r["id"], r["status"], (r.get("error") or {}).get("code")) for r in replies]
+    assert (None, "rejected", "bad_json") in codes
+    assert ("u-1", "rejected", "unknown_type") in codes
+    assert ("d-1", "done", None) in codes
+    assert ("d-1", "duplicate", "duplicate") in codes
+    assert all(r["id"] not in {"r-1", "f-1"} for r in replies)
+    assert len(replies) == 6
+    lines = daemon.log_lines()
+    assert any(line["event"] == "command.retained_ignored" for line in lines)
+    assert daemon.stop()[0] == 0
+
+
+async def test_group_command_reaches_every_gateway(
+    broker: Broker, tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    """A group command reaches each of three gateways in the group; `send --group`
+    prints the three done replies and exits 0."""
+    group = f"commune.g{uuid.uuid4().hex[:6]}"
+    daemons = []
+    for n in range(3):
+        folder = tmp_path / f"gw{n}"
+        folder.mkdir()
+        config = ConfigFile(folder / "config.toml", folder / "state", free_port(), free_port())
+        config.write()
+        daemons.append(daemon_on(broker, config, start_daemon, group))
+    await asyncio.sleep(0.5)
+    result = await asyncio.to_thread(
+        send, broker, "--group", group, "--timeout", "4", "system.ping"
+    )
+    assert result.returncode == 0, result.stderr
+    replies = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(replies) == 3
+    assert all(r["status"] == "done" for r in replies)
+    for daemon, _ in daemons:
+        assert daemon.stop()[0] == 0
+
+
+def test_send_without_target_is_a_usage_error(broker: Broker) -> None:
+    """`send` needs exactly one of --gateway and --group; it says so and exits 2."""
+    result = send(broker, "system.ping")
+    assert result.returncode == 2
+    assert "exactly one of --gateway or --group" in result.stderr
