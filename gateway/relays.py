@@ -256,7 +256,7 @@ class RelayBank(Component):
         try:
             for name, config in self._configs.items():
                 relay = self._initial(name, config, saved.get(name), now)
-                pass  # GUARD OFF
+                _install_blip_guard(factory, config.pin)
                 relay.device = DigitalOutputDevice(
                     config.pin,
                     active_high=config.active_high,
