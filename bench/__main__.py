@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sys
 
-from bench import bench_http, bench_log, bench_uplink
+from bench import bench_commands, bench_http, bench_log, bench_uplink
 from gateway.log import configure_logging
 
 
@@ -24,6 +24,7 @@ def main() -> None:
     print(asyncio.run(bench_http.run()), flush=True)
     for line in asyncio.run(bench_uplink.run()):
         print(line, flush=True)
+    print(asyncio.run(bench_commands.run()), flush=True)
 
 
 if __name__ == "__main__":

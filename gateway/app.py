@@ -176,6 +176,10 @@ class App:
         assert self.outbox is not None  # noqa: S101 - opened before the dispatcher exists
         await self.outbox.append(stream, record, urgent=urgent)
 
+    def handled_types(self) -> list[str]:
+        """The command types this gateway runs (others answer ``not_available``)."""
+        return sorted(self._handlers())
+
     def _handlers(self) -> dict[str, Handler]:
         """The command types this gateway runs, by type (a table, not an if-ladder)."""
         return {"system.ping": self._ping, "log.level": self._log_level}

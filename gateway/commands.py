@@ -438,9 +438,12 @@ class Dispatcher:
         if reply.error_code is not None:
             event["error"] = reply.error_code
         _log.info("command.handled", **event)
-        await self._record("events", event, False)
+        # Queued together and urgent: one commit stores both, without the group-commit
+        # window (the commune is waiting for this reply).
+        writes = [self._record("events", event, True)]
         if source == "mqtt":
-            await self._record("replies", reply.as_dict(), True)
+            writes.append(self._record("replies", reply.as_dict(), True))
+        await asyncio.gather(*writes)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -280,32 +280,62 @@ class Link(Component):
             await self._state.wait_changed(seen)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        """Publish the outbox in order, many records per message, several in flight."""
+        """Publish the outbox in order, many records per message, several in flight.
+
+        Replies have a loop of their own, unpaced: one per command, and the commune is
+        waiting. Events, telemetry and logs share a paced loop, in that order of priority.
+        """
         # Resend whatever was not acknowledged: start from each stream's delivered mark.
         cursor = {stream: self._outbox.delivered(stream) for stream in DELIVERY_ORDER}
         resend_upto = dict(self._sent_upto)
-        slots = asyncio.Semaphore(MAX_INFLIGHT)
-        bucket = TokenBucket(
-            self._settings.mqtt.max_msgs_per_s, burst=max(1.0, self._settings.mqtt.max_msgs_per_s)
-        )
-        epoch = self._outbox.epoch
+        rate = self._settings.mqtt.max_msgs_per_s
         async with asyncio.TaskGroup() as group:
-            while True:
-                batch = await self._next_batch(cursor)
-                if batch is None:
-                    await self._outbox.wait_for_records(1.0)
-                    continue
-                cursor[batch.stream] = batch.last_seq
-                stream = batch.stream
-                again = min(batch.last_seq, resend_upto[stream]) - batch.first_seq + 1
-                self.stats.resent_records += max(0, again)
-                self._sent_upto[stream] = max(self._sent_upto[stream], batch.last_seq)
-                await bucket.take()
-                await slots.acquire()
-                group.create_task(self._send(client, batch, epoch, slots))
+            group.create_task(
+                self._drain_streams(client, ("replies",), cursor, resend_upto, group, bucket=None)
+            )
+            group.create_task(
+                self._drain_streams(
+                    client,
+                    tuple(s for s in DELIVERY_ORDER if s != "replies"),
+                    cursor,
+                    resend_upto,
+                    group,
+                    bucket=TokenBucket(rate, burst=max(1.0, rate)),
+                )
+            )
 
-    async def _next_batch(self, cursor: dict[Stream, int]) -> Batch | None:
-        for stream in DELIVERY_ORDER:
+    async def _drain_streams(
+        self,
+        client: aiomqtt.Client,
+        streams: tuple[Stream, ...],
+        cursor: dict[Stream, int],
+        resend_upto: dict[Stream, int],
+        group: asyncio.TaskGroup,
+        *,
+        bucket: TokenBucket | None,
+    ) -> None:
+        slots = asyncio.Semaphore(MAX_INFLIGHT)
+        epoch = self._outbox.epoch
+        while True:
+            version = self._outbox.version
+            batch = await self._next_batch(streams, cursor)
+            if batch is None:
+                await self._outbox.wait_for_records(version, 1.0)
+                continue
+            stream = batch.stream
+            cursor[stream] = batch.last_seq
+            again = min(batch.last_seq, resend_upto[stream]) - batch.first_seq + 1
+            self.stats.resent_records += max(0, again)
+            self._sent_upto[stream] = max(self._sent_upto[stream], batch.last_seq)
+            if bucket is not None:
+                await bucket.take()
+            await slots.acquire()
+            group.create_task(self._send(client, batch, epoch, slots))
+
+    async def _next_batch(
+        self, streams: tuple[Stream, ...], cursor: dict[Stream, int]
+    ) -> Batch | None:
+        for stream in streams:
             # A reply is one message of its own (PROTOCOL.md); other streams batch.
             limit = 1 if stream == "replies" else BATCH_MAX_RECORDS
             batch = await self._outbox.read(

@@ -182,7 +182,9 @@ class Outbox:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read")
         self._read_conn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._new_records = asyncio.Event()
+        self.version = 0
+        """Goes up (in the event loop) after every commit that added records."""
+        self._waiters: set[asyncio.Future[None]] = set()
         self._closed = False
         # Mirrors of the counters table, updated by the writer after each commit.
         self._last_seq = dict.fromkeys(STREAMS, 0)
@@ -484,7 +486,7 @@ class Outbox:
             if done is not None:
                 done(seq)
         if assigned and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._new_records.set)
+            self._loop.call_soon_threadsafe(self._bump_version)
         self._report_drops()
 
     def _commit_failed(self, error: str, ops: list[object]) -> None:
@@ -656,12 +658,28 @@ class Outbox:
 
     # -- reading for the uplink -------------------------------------------------------
 
-    async def wait_for_records(self, timeout_s: float) -> None:
-        """Return when new records were committed (or after ``timeout_s``)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._new_records.wait()
-        self._new_records.clear()
+    def _bump_version(self) -> None:
+        self.version += 1
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_for_records(self, seen_version: int, timeout_s: float) -> None:
+        """Return once ``version`` differs from ``seen_version`` (or after ``timeout_s``).
+
+        Read ``version`` before reading records: a commit in between is then not missed.
+        Any number of readers may wait at once.
+        """
+        if self.version != seen_version:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await waiter
+        finally:
+            self._waiters.discard(waiter)
 
     async def read(
         self, stream: Stream, *, after_seq: int, max_records: int, max_bytes: int

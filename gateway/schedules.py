@@ -566,8 +566,8 @@ class Scheduler(Component):
         else:
             desired = desired_states(self._relays, now, self._sun)
             if self._dirty or jumped or desired != self._applied:
-                await self._apply(desired)
                 self._applied, self._dirty = desired, False
+                await self._apply(desired)
                 _log.info("schedules.applied", desired=desired, at=now.isoformat())
             await self._fire(now)
         self._next = next_change(self._relays, now, self._sun)
