@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_BROKER_PORT ?= 1883
 
-.PHONY: run test bench lint bootstrap clean schemas
+.PHONY: run test bench lint bootstrap clean schemas hil
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -21,13 +21,18 @@ test: bootstrap lint
 
 ## lint: ruff and mypy --strict.
 lint: bootstrap
-	$(BIN)/ruff check gateway tests bench
-	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/ruff check gateway tests bench hil
+	$(BIN)/ruff format --check gateway tests bench hil
 	$(BIN)/mypy
 
 ## bench: benchmarks, each printed as a ratio against a bare baseline from the same run.
 bench: bootstrap
 	$(BIN)/python -m bench
+
+## hil: the hardware-in-the-loop suite on a real Pi with the test rig wired (hil/README.md).
+## `make test` runs the same tests on a simulated rig (gpiozero's mock pins).
+hil: bootstrap
+	GPIOZERO_PIN_FACTORY=$${GPIOZERO_PIN_FACTORY:-lgpio} $(BIN)/pytest hil -v
 
 ## schemas: regenerate docs/schemas/ from the payload models (a test checks they match).
 schemas: bootstrap
