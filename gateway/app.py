@@ -26,6 +26,7 @@ from gateway import __version__
 from gateway.commands import Dispatcher, Handler, LogLevelArgs, Source
 from gateway.component import Backoff, Component, Health, supervise
 from gateway.config import Settings, flatten, load_settings
+from gateway.control import Control
 from gateway.downlink import Downlink
 from gateway.errors import ConfigError, StartupError
 from gateway.link import Link
@@ -34,6 +35,7 @@ from gateway.logupload import LogUploader
 from gateway.metrics import build_registry
 from gateway.mqtt import Topics
 from gateway.outbox import Outbox, Stream
+from gateway.relays import RelayError
 from gateway.state import StateStore
 from gateway.system import SystemMonitor, clock_synced
 from gateway.systemd import Notifier, watchdog_interval
@@ -108,6 +110,7 @@ class App:
         self.outbox: Outbox | None = None
         self.link: Link | None = None
         self.dispatcher: Dispatcher | None = None
+        self.control: Control | None = None
         self.components: list[Component] = []
         self.healths: dict[str, Health] = {}
         self._watchdog_withheld: str | None = None
@@ -136,6 +139,9 @@ class App:
         )
         if self._uploader is not None:
             self._uploader.attach(self.outbox)
+        self.control = Control(
+            settings, state=self.state, on_event=self._relay_event, demo=self._demo
+        )
         self.dispatcher = Dispatcher(
             state_dir=settings.gateway.state_dir,
             handlers=self._handlers(),
@@ -167,7 +173,18 @@ class App:
             interval_s=settings.telemetry.interval_s,
             extra=lambda: {"outbox_depth": self.outbox.stats().total_depth() if self.outbox else 0},
         )
-        self.components = [system, self.link, telemetry, *self._extra_components]
+        try:
+            self.control.open(self.dispatcher.dispatch)
+        except RelayError as exc:
+            raise StartupError.single("relays", str(exc)) from exc
+        self.components = [
+            self.control.relays,
+            self.control.scheduler,
+            system,
+            self.link,
+            telemetry,
+            *self._extra_components,
+        ]
         self.healths.update(
             (c.name, Health(c.name, c.critical, c.heartbeat_timeout_s)) for c in self.components
         )
@@ -182,7 +199,14 @@ class App:
 
     def _handlers(self) -> dict[str, Handler]:
         """The command types this gateway runs, by type (a table, not an if-ladder)."""
-        return {"system.ping": self._ping, "log.level": self._log_level}
+        handlers: dict[str, Handler] = {"system.ping": self._ping, "log.level": self._log_level}
+        if self.control is not None:
+            handlers |= self.control.handlers()
+        return handlers
+
+    async def _relay_event(self, event: dict[str, Any]) -> None:
+        if self.outbox is not None:
+            await self.outbox.append("events", event)
 
     async def _ping(self, args: BaseModel, source: Source) -> dict[str, Any]:
         return {
@@ -212,6 +236,8 @@ class App:
             }
         if self.link is not None:
             details["link"] = self.link.stats.as_dict()
+        if self.control is not None:
+            details["schedules"] = self.control.scheduler.snapshot()
         return details
 
     def _resolve(self, settings: Settings) -> Settings:
@@ -271,6 +297,8 @@ class App:
         try:
             await self.web.start()
         except BaseException:
+            if self.control is not None:
+                self.control.close()
             await self._close_outbox()
             raise
         loop = asyncio.get_running_loop()
@@ -305,6 +333,8 @@ class App:
                 for task in tasks:
                     task.cancel()
                 await _wait_bounded(tasks, STOP_TIMEOUT_S)
+                if self.control is not None:
+                    self.control.close()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)

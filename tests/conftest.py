@@ -27,6 +27,9 @@ import structlog
 
 REPO = Path(__file__).resolve().parent.parent
 
+# In-process daemons in tests drive gpiozero's own mock pins, never real GPIO.
+os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""

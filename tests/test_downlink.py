@@ -149,3 +149,39 @@ def test_send_without_target_is_a_usage_error(broker: Broker) -> None:
     result = send(broker, "system.ping")
     assert result.returncode == 2
     assert "exactly one of --gateway or --group" in result.stderr
+
+
+async def test_relay_commands_over_mqtt(
+    broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon]
+) -> None:
+    """`send relay.set relay=yard on=true` switches the yard light (state/relays, retained,
+    says on and manual); `relay.auto` hands it back to its schedule; an unknown relay is
+    rejected with unknown_target and changes nothing."""
+    daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
+    async with subscriber(broker, f"vg/v1/{gateway}/state/relays") as seen:
+        await asyncio.sleep(0.5)
+        on = await asyncio.to_thread(
+            send, broker, "--gateway", gateway, "relay.set", "relay=yard", "on=true"
+        )
+        assert on.returncode == 0, on.stdout + on.stderr
+        assert json.loads(on.stdout)["result"]["on"] is True
+        await wait_for(
+            lambda: any(
+                s["relays"]["yard"]["on"] and s["relays"]["yard"]["mode"] == "manual"
+                for s in seen.on("/state/relays")
+            ),
+            5,
+        )
+        auto = await asyncio.to_thread(
+            send, broker, "--gateway", gateway, "relay.auto", "relay=yard"
+        )
+        assert auto.returncode == 0, auto.stdout + auto.stderr
+        await wait_for(
+            lambda: seen.on("/state/relays")[-1]["relays"]["yard"]["mode"] == "schedule", 5
+        )
+        unknown = await asyncio.to_thread(
+            send, broker, "--gateway", gateway, "relay.set", "relay=moon", "on=true"
+        )
+        assert unknown.returncode == 1
+        assert json.loads(unknown.stdout)["error"]["code"] == "unknown_target"
+    assert daemon.stop()[0] == 0
