@@ -29,6 +29,7 @@ from gateway.config import Settings, flatten, load_settings
 from gateway.control import Control
 from gateway.downlink import Downlink
 from gateway.errors import ConfigError, StartupError
+from gateway.files import write_atomic
 from gateway.link import Link
 from gateway.log import get_logger, set_level
 from gateway.logupload import LogUploader
@@ -438,9 +439,7 @@ def _count_boot(state_dir: Path) -> int:
         count = int(path.read_text().strip()) + 1
     except (FileNotFoundError, ValueError):
         count = 1
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{count}\n")
-    tmp.replace(path)
+    write_atomic(path, f"{count}\n")
     return count
 
 

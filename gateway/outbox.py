@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import queue
 import sqlite3
 import threading
@@ -40,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
+from gateway.files import write_atomic
 from gateway.log import get_logger
 
 __all__ = [
@@ -304,12 +304,7 @@ class Outbox:
         elif bump or epoch == 0:
             epoch += 1
         if epoch != previous:
-            tmp = path.with_suffix(".tmp")
-            with tmp.open("w") as handle:
-                handle.write(f"{epoch}\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.replace(path)
+            write_atomic(path, f"{epoch}\n")
         return epoch
 
     def _move_aside(self, error: sqlite3.DatabaseError) -> None:

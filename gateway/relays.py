@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -59,6 +58,7 @@ from gpiozero.pins import Pin
 from gateway.component import Component, Health
 from gateway.config import RelayConfig
 from gateway.errors import GatewayError
+from gateway.files import write_atomic
 from gateway.log import get_logger
 from gateway.state import StateStore
 
@@ -607,16 +607,5 @@ class RelayBank(Component):
         text = json.dumps({"version": _STATE_VERSION, "relays": record}, sort_keys=True)
         if text == self._last_saved:
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(f".{_STATE_FILE}.tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(self._path)
-        directory = os.open(self._path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_atomic(self._path, text)
         self._last_saved = text

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -38,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.component import Component, Health
 from gateway.config import BroadcastSchedule, RelaySchedule, SchedulesSection
 from gateway.errors import ConfigProblem, GatewayError
+from gateway.files import write_atomic
 from gateway.log import get_logger
 
 __all__ = [
@@ -329,18 +329,7 @@ def _never_on(schedule: RelaySchedule, sun: Sun, today: date) -> bool:
 
 def _write_json_atomic(path: Path, data: object) -> None:
     """Replace ``path`` with ``data`` as JSON so a power cut leaves the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, ensure_ascii=False, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(path, json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True))
 
 
 def _broadcast_key(schedule: BroadcastSchedule) -> str:
