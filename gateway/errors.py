@@ -35,12 +35,13 @@ class ConfigError(GatewayError, ValueError):
     """
 
     key = "config.invalid"
+    summary = "invalid configuration"
 
     def __init__(self, problems: list[ConfigProblem], *, source: str | None = None) -> None:
         self.problems = problems
         self.source = source
         where = f" in {source}" if source else ""
-        lines = [f"invalid configuration{where} ({len(problems)} problem(s)):"]
+        lines = [f"{self.summary}{where} ({len(problems)} problem(s)):"]
         lines += [f"  - {problem}" for problem in problems]
         super().__init__("\n".join(lines))
 
@@ -54,3 +55,4 @@ class StartupError(ConfigError):
     """The configuration is valid but this machine cannot run it (port taken, dir read-only)."""
 
     key = "startup.failed"
+    summary = "cannot start with this configuration"

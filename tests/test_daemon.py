@@ -157,3 +157,15 @@ def test_version_command() -> None:
         check=True,
     )
     assert result.stdout.strip() == "0.1.0"
+
+
+def test_missing_gpio_backend_refuses_to_start(config_file: ConfigFile) -> None:
+    """Outside the demo, a pin factory that cannot be loaded (here lgpio, which only a Pi
+    has) stops the start with exit 2 naming the relays, instead of gpiozero quietly
+    falling back to something that drives no real pin."""
+    result = run_to_exit(
+        "--config", str(config_file.path), env=clean_env(GPIOZERO_PIN_FACTORY="lgpio")
+    )
+    assert result.returncode == EXIT_BAD_CONFIG, result.stderr
+    assert "cannot start with this configuration" in result.stderr
+    assert "relays:" in result.stderr

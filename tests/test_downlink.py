@@ -185,3 +185,40 @@ async def test_relay_commands_over_mqtt(
         assert unknown.returncode == 1
         assert json.loads(unknown.stdout)["error"]["code"] == "unknown_target"
     assert daemon.stop()[0] == 0
+
+
+async def test_schedule_set_over_mqtt(
+    broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon]
+) -> None:
+    """`schedule.set` replaces the schedules (and they survive a restart); a schedule for
+    an unknown relay, one whose off is not after its on, or a bad time is rejected as a
+    whole and the stored schedules stay."""
+    daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
+    await asyncio.sleep(0.5)
+    good = '[{"relay": "yard", "on": "sunset+10m", "off": "22:30"}]'
+    done = await asyncio.to_thread(
+        send, broker, "--gateway", gateway, "schedule.set", f"schedules={good}"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    stored = json.loads((config_file.state_dir / "schedules.json").read_text())
+    bad_inputs = {
+        "unknown_target": '[{"relay": "moon", "on": "18:00", "off": "22:00"}]',
+        "bad_args": '[{"relay": "yard", "on": "22:00", "off": "18:00"}]',
+    }
+    for code, schedules in bad_inputs.items():
+        result = await asyncio.to_thread(
+            send, broker, "--gateway", gateway, "schedule.set", f"schedules={schedules}"
+        )
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert json.loads(result.stdout)["error"]["code"] == code
+    bad_time = await asyncio.to_thread(
+        send,
+        broker,
+        "--gateway",
+        gateway,
+        "schedule.set",
+        'schedules=[{"relay": "yard", "on": "25:00", "off": "26:00"}]',
+    )
+    assert json.loads(bad_time.stdout)["error"]["code"] == "bad_args"
+    assert json.loads((config_file.state_dir / "schedules.json").read_text()) == stored
+    assert daemon.stop()[0] == 0
