@@ -190,7 +190,7 @@ async def test_relay_commands_over_mqtt(
 async def test_schedule_set_over_mqtt(
     broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon]
 ) -> None:
-    """`schedule.set` replaces the schedules (and they survive a restart); a schedule for
+    """`schedule.set` replaces the schedules (stored in state_dir/schedules.json); one for
     an unknown relay, one whose off is not after its on, or a bad time is rejected as a
     whole and the stored schedules stay."""
     daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
