@@ -19,13 +19,21 @@ import re
 import sqlite3
 import time
 import uuid
+import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.config import BroadcastSchedule, RelaySchedule
 from gateway.errors import GatewayError
@@ -91,6 +99,18 @@ class ScheduleSetArgs(_Args):
 
     schedules: list[RelaySchedule] = Field(max_length=200)
     broadcasts: list[BroadcastSchedule] = Field(default_factory=list, max_length=200)
+    timezone: str | None = None
+    """The zone the sender meant the times in; must be the gateway's own if given."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                zoneinfo.ZoneInfo(value)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
 
 class PaPlayArgs(_Args):

@@ -48,6 +48,7 @@ class Control:
     ) -> None:
         self._dispatch: Dispatch | None = None
         self._relay_names = set(settings.relays)
+        self._timezone = settings.gateway.timezone
         wanted = os.environ.get("GPIOZERO_PIN_FACTORY", "lgpio")
         # The demo and the tests run on gpiozero's own mock pins, one factory per daemon.
         simulated = demo or wanted == "mock"
@@ -117,6 +118,11 @@ class Control:
 
     async def _schedule_set(self, args: BaseModel, source: Source) -> dict[str, Any]:
         assert isinstance(args, ScheduleSetArgs)  # noqa: S101 - the dispatcher validated it
+        if args.timezone is not None and args.timezone != self._timezone:
+            raise CommandError(
+                "bad_args",
+                f"schedules are in the gateway's time zone {self._timezone}, not {args.timezone}",
+            )
         unknown = sorted({s.relay for s in args.schedules} - self._relay_names)
         if unknown:
             raise CommandError("unknown_target", f"no relay named {', '.join(unknown)}")

@@ -191,8 +191,8 @@ async def test_schedule_set_over_mqtt(
     broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon]
 ) -> None:
     """`schedule.set` replaces the schedules (stored in state_dir/schedules.json); one for
-    an unknown relay, one whose off is not after its on, or a bad time is rejected as a
-    whole and the stored schedules stay."""
+    an unknown relay, one whose off is not after its on, a bad time, or a bad or foreign
+    time zone is rejected as a whole and the stored schedules stay."""
     daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
     await asyncio.sleep(0.5)
     good = '[{"relay": "yard", "on": "sunset+10m", "off": "22:30"}]'
@@ -220,5 +220,16 @@ async def test_schedule_set_over_mqtt(
         'schedules=[{"relay": "yard", "on": "25:00", "off": "26:00"}]',
     )
     assert json.loads(bad_time.stdout)["error"]["code"] == "bad_args"
+    for zone in ("Mars/Olympus", "Europe/Paris"):
+        bad_zone = await asyncio.to_thread(
+            send,
+            broker,
+            "--gateway",
+            gateway,
+            "schedule.set",
+            f"schedules={good}",
+            f"timezone={zone}",
+        )
+        assert json.loads(bad_zone.stdout)["error"]["code"] == "bad_args", bad_zone.stdout
     assert json.loads((config_file.state_dir / "schedules.json").read_text()) == stored
     assert daemon.stop()[0] == 0
