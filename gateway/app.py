@@ -30,6 +30,7 @@ from gateway.control import Control
 from gateway.downlink import Downlink
 from gateway.errors import ConfigError, StartupError
 from gateway.files import write_atomic
+from gateway.hotspots import HotspotMonitor
 from gateway.link import Link
 from gateway.log import get_logger, set_level
 from gateway.logupload import LogUploader
@@ -112,6 +113,7 @@ class App:
         self.link: Link | None = None
         self.dispatcher: Dispatcher | None = None
         self.control: Control | None = None
+        self.hotspots: HotspotMonitor | None = None
         self.components: list[Component] = []
         self.healths: dict[str, Health] = {}
         self._watchdog_withheld: str | None = None
@@ -141,7 +143,10 @@ class App:
         if self._uploader is not None:
             self._uploader.attach(self.outbox)
         self.control = Control(
-            settings, state=self.state, on_event=self._relay_event, demo=self._demo
+            settings, state=self.state, on_event=self._append_event, demo=self._demo
+        )
+        self.hotspots = HotspotMonitor(
+            settings.hotspots, settings.uplink, state=self.state, on_event=self._append_event
         )
         self.dispatcher = Dispatcher(
             state_dir=settings.gateway.state_dir,
@@ -184,6 +189,7 @@ class App:
             system,
             self.link,
             telemetry,
+            self.hotspots,
             *self._extra_components,
         ]
         self.healths.update(
@@ -203,9 +209,16 @@ class App:
         handlers: dict[str, Handler] = {"system.ping": self._ping, "log.level": self._log_level}
         if self.control is not None:
             handlers |= self.control.handlers()
+        if self.hotspots is not None:
+            handlers["hotspots.probe"] = self._hotspots_probe
         return handlers
 
-    async def _relay_event(self, event: dict[str, Any]) -> None:
+    async def _hotspots_probe(self, args: BaseModel, source: Source) -> dict[str, Any]:
+        assert self.hotspots is not None  # noqa: S101 - only registered once built
+        return await self.hotspots.probe_now()
+
+    async def _append_event(self, event: dict[str, Any]) -> None:
+        """Components' events (a relay switched, a hotspot went down …) into the outbox."""
         if self.outbox is not None:
             await self.outbox.append("events", event)
 

@@ -233,3 +233,17 @@ async def test_schedule_set_over_mqtt(
         assert json.loads(bad_zone.stdout)["error"]["code"] == "bad_args", bad_zone.stdout
     assert json.loads((config_file.state_dir / "schedules.json").read_text()) == stored
     assert daemon.stop()[0] == 0
+
+
+async def test_hotspots_probe_over_mqtt(
+    broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon]
+) -> None:
+    """`send hotspots.probe` probes every hotspot at once and the reply carries each
+    one's result (here the hall hotspot is the daemon's own web port: up)."""
+    daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
+    await asyncio.sleep(0.5)
+    result = await asyncio.to_thread(send, broker, "--gateway", gateway, "hotspots.probe")
+    assert result.returncode == 0, result.stdout + result.stderr
+    hall = json.loads(result.stdout)["result"]["hotspots"]["hall"]
+    assert hall["probes"][0]["ok"] is True
+    assert daemon.stop()[0] == 0
