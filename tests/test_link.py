@@ -126,7 +126,9 @@ async def test_outage_loses_nothing_and_keeps_order(
             await asyncio.gather(
                 *(app.outbox.append("events", {"type": "test", "n": n}) for n in range(200))
             )
-            await wait_for(lambda: len(seen.records("events")) >= 200, 15)
+            await wait_for(
+                lambda: sum(r.get("type") == "test" for r in seen.records("events")) >= 200, 15
+            )
             assert app.link is not None
             broker.stop()
             attempts_before = app.link.stats.attempts
@@ -148,7 +150,13 @@ async def test_outage_loses_nothing_and_keeps_order(
             await asyncio.gather(
                 *(app.outbox.append("events", {"type": "test", "n": n}) for n in range(700, 800))
             )
-            await wait_for(lambda: len({r["seq"] for r in seen.records("events")}) >= 800, 30)
+            await wait_for(
+                lambda: (
+                    len({r["seq"] for r in seen.records("events") if r.get("type") == "test"})
+                    >= 800
+                ),
+                30,
+            )
             assert app.link.stats.connects >= 2
     records = seen.records("events")
     seqs = [r["seq"] for r in records]
@@ -161,10 +169,11 @@ async def test_outage_loses_nothing_and_keeps_order(
         assert seq == delivered + 1, f"gap: {delivered} then {seq}"
         first_seen[seq] = 1
         delivered = seq
-    assert delivered == 800
-    assert [
-        r["n"] for r in sorted({r["seq"]: r for r in records}.values(), key=lambda r: r["seq"])
-    ] == list(range(800))
+    # The daemon adds events of its own (a hotspot coming up …): the test's 800 are among
+    # them, in their order, and the stream as a whole has no gap.
+    unique = sorted({r["seq"]: r for r in records}.values(), key=lambda r: r["seq"])
+    assert delivered == unique[-1]["seq"] >= 800
+    assert [r["n"] for r in unique if r.get("type") == "test"] == list(range(800))
     batches = seen.on("/events")
     for batch in batches:
         BatchSchema.model_validate(batch)
