@@ -53,6 +53,18 @@ _GATEWAY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
 _TOPIC_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _BCM_PINS = range(28)
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _is_host(value: str) -> bool:
+    """An IPv4/IPv6 address or a DNS host name (RFC 1123 labels)."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        labels = value.rstrip(".").split(".")
+        return len(value) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+    return True
+
 
 Name = Annotated[str, Field(pattern=_NAME.pattern)]
 
@@ -265,6 +277,23 @@ class HotspotConfig(_Section):
     fail_threshold: int = Field(default=3, ge=1, le=100)
     recover_threshold: int = Field(default=2, ge=1, le=100)
     probes: list[Probe] = Field(default_factory=_ping_only, min_length=1)
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_an_address_or_name(cls, value: str) -> str:
+        if not _is_host(value):
+            raise ValueError(f"not an IP address or host name: {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _timeouts_fit_the_interval(self) -> HotspotConfig:
+        slow = [p.timeout_s for p in self.probes if p.timeout_s >= self.interval_s]
+        if slow:
+            raise ValueError(
+                f"a probe timeout ({max(slow):g} s) must be shorter than interval_s "
+                f"({self.interval_s:g} s), or cycles would overlap"
+            )
+        return self
 
 
 class UplinkSection(_Section):

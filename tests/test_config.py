@@ -140,6 +140,18 @@ def test_invalid_toml_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixtu
             id="probe-kind",
         ),
         pytest.param({'level = "INFO"': 'level = "LOUD"'}, "", "log.level", id="log-level"),
+        pytest.param(
+            {'[hotspots.hall]\nhost = "127.0.0.1"': '[hotspots.hall]\nhost = "ap 1; rm -rf"'},
+            "",
+            "hotspots.hall.host: not an IP address or host name",
+            id="hotspot-host",
+        ),
+        pytest.param(
+            {"[hotspots.hall]\n": "[hotspots.hall]\ninterval_s = 2\n"},
+            "",
+            "must be shorter than interval_s",
+            id="timeout-longer-than-interval",
+        ),
     ],
 )
 def test_bad_values_name_their_key(

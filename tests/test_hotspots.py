@@ -440,9 +440,11 @@ async def test_a_hanging_target_does_not_delay_the_others(
         {
             "slow": _hotspot(
                 HttpProbe(kind="http", url=f"http://{LOOPBACK}:{hanging_port}/", timeout_s=1),
-                interval_s=0.1,
+                interval_s=2,
             ),
-            "quick": _hotspot(TcpProbe(kind="tcp", port=listening_port), interval_s=0.1),
+            "quick": _hotspot(
+                TcpProbe(kind="tcp", port=listening_port, timeout_s=0.05), interval_s=0.1
+            ),
         },
         permission=IcmpPermission(permitted=True, detail="not used"),
     )
