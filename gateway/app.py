@@ -16,13 +16,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import suppress
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from gateway import __version__
+from gateway.clock import now_iso, set_zone
 from gateway.commands import Dispatcher, Handler, LogLevelArgs, Source
 from gateway.component import Backoff, Component, Health, supervise
 from gateway.config import Settings, flatten, load_settings
@@ -94,6 +94,7 @@ class App:
         uploader: LogUploader | None = None,
     ) -> None:
         self._config_path = config_path
+        set_zone(settings.gateway.timezone)
         self._demo = demo
         self._demo_state_dir: Path | None = None
         self.settings = self._resolve(settings)
@@ -101,7 +102,7 @@ class App:
         self._backoff = backoff or Backoff()
         self._watchdog_s = watchdog_s if watchdog_s is not None else watchdog_interval()
         self._started = time.monotonic()
-        self._started_at = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+        self._started_at = now_iso()
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
         """Set once READY=1 was sent: everything is up."""

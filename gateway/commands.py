@@ -35,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.clock import now_iso
 from gateway.config import BroadcastSchedule, RelaySchedule
 from gateway.errors import GatewayError
 from gateway.log import get_logger
@@ -213,7 +214,7 @@ Handler = Callable[[BaseModel, Source], Awaitable[dict[str, Any]]]
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
+    return now_iso("milliseconds")
 
 
 def _depth(value: object) -> int:

@@ -20,13 +20,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway import __version__
+from gateway.clock import now_iso
 from gateway.component import Component, Health
 from gateway.config import Settings
 from gateway.errors import ConfigError
@@ -119,7 +119,7 @@ def full_jitter(failures: int, *, cap_s: float, rng: random.Random) -> float:
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+    return now_iso()
 
 
 class Link(Component):

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
+from gateway.clock import now_iso
 from gateway.files import write_atomic
 from gateway.log import get_logger
 
@@ -150,7 +151,7 @@ _STOP = object()
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
+    return now_iso("milliseconds")
 
 
 def encode_record(record: dict[str, Any]) -> str:

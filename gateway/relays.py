@@ -48,13 +48,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from gpiozero import Device, DigitalOutputDevice, Factory, GPIOZeroError
 from gpiozero.pins import Pin
 
+from gateway.clock import local_iso
 from gateway.component import Component, Health
 from gateway.config import RelayConfig
 from gateway.errors import GatewayError
@@ -165,7 +165,7 @@ def _install_blip_guard(factory: Factory, pin_number: int) -> None:
 def _rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).astimezone().isoformat(timespec="seconds")
+    return local_iso(ts)
 
 
 @dataclass(slots=True)

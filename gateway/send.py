@@ -15,11 +15,11 @@ import asyncio
 import json
 import sys
 import uuid
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import aiomqtt
 
+from gateway.clock import now_iso
 from gateway.errors import ConfigError
 from gateway.mqtt import (
     Topics,
@@ -72,7 +72,7 @@ def build_command(type_: str, pairs: list[str], *, ttl_s: int | None = None) -> 
         "id": f"send-{uuid.uuid4().hex[:16]}",
         "type": type_,
         "args": args,
-        "issued_at": datetime.now(UTC).astimezone().isoformat(timespec="seconds"),
+        "issued_at": now_iso(),
     }
     if ttl_s is not None:
         command["ttl_s"] = ttl_s

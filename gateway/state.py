@@ -9,8 +9,9 @@ instead of queueing them.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any
+
+from gateway.clock import now_iso
 
 __all__ = ["StateStore"]
 
@@ -37,7 +38,7 @@ class StateStore:
 
     async def set(self, component: str, snapshot: dict[str, Any]) -> None:
         """Replace ``component``'s snapshot (adds ``ts``) and wake the listeners."""
-        stamped = {"ts": datetime.now(UTC).astimezone().isoformat(timespec="seconds"), **snapshot}
+        stamped = {"ts": now_iso(), **snapshot}
         async with self._changed:
             self._snapshots[component] = stamped
             self._versions[component] = self._versions.get(component, 0) + 1

@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import structlog
 
+from gateway.clock import set_zone
+
 REPO = Path(__file__).resolve().parent.parent
 
 # In-process daemons in tests drive gpiozero's own mock pins, never real GPIO.
@@ -284,6 +286,8 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:
-    """Each test starts from structlog's defaults, as structlog's own suite does."""
+    """Each test starts from structlog's defaults (as structlog's own suite does) and
+    from the machine's time zone for timestamps."""
     yield
     structlog.reset_defaults()
+    set_zone(None)

@@ -100,6 +100,7 @@ async def test_presence_state_and_clean_stop(broker: Broker, config_file: Config
         await wait_for(lambda: seen.on("/status")[-1].get("online") is False, 5)
     online = OnlineStatus.model_validate(next(p for p in seen.on("/status") if p.get("online")))
     assert online.boot_count == 1
+    assert online.ts.endswith("+07:00"), "timestamps are in gateway.timezone, not the machine's"
     OfflineStatus.model_validate(seen.on("/status")[-1])
     system = seen.on("/state/system")[0]
     assert {"version", "uptime_s", "clock_synced", "outbox", "link"} <= system.keys()

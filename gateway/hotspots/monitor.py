@@ -18,11 +18,11 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
+from gateway.clock import now_iso
 from gateway.component import Component, Health
 from gateway.config import HotspotConfig, IcmpProbe, TcpProbe, UplinkSection
 from gateway.hotspots.health import Hysteresis, Outcome, Transition
@@ -53,7 +53,7 @@ _log = get_logger("hotspots")
 
 
 def _now_rfc3339() -> str:
-    return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+    return now_iso()
 
 
 @dataclass(slots=True)
