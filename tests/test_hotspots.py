@@ -129,7 +129,7 @@ class _DnsServer(asyncio.DatagramProtocol):
         found = question.startswith(b"\x04good\x04test\x00")
         flags = 0x8180 if found else 0x8183
         header = struct.pack("!HHHHHH", query_id, flags, 1, int(found), 0, 0)
-        answer = struct.pack("!HHHIH4s", 0xC00C, 1, 1, 60, 4, socket.inet_aton("10.0.0.1"))
+        answer = struct.pack("!HHHIH4s", 0xC00C, 1, 1, 60, 4, socket.inet_aton("127.0.0.2"))
         self.transport.sendto(header + question + (answer if found else b""), addr)
 
 
