@@ -201,7 +201,7 @@ class Reply:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON of PROTOCOL.md: id, status, ts, result?, error?."""
-        body: dict[str, Any] = {"id": self.id, "status": self.status, "ts": _now_iso()}
+        body: dict[str, Any] = {"id": self.id, "status": self.status, "ts": now_iso("milliseconds")}
         if self.result is not None:
             body["result"] = self.result
         if self.error_code is not None:
@@ -211,10 +211,6 @@ class Reply:
 
 Handler = Callable[[BaseModel, Source], Awaitable[dict[str, Any]]]
 """Runs one command type: gets the validated args and the source, returns the result."""
-
-
-def _now_iso() -> str:
-    return now_iso("milliseconds")
 
 
 def _depth(value: object) -> int:

@@ -13,18 +13,20 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.log import get_logger
 
 if TYPE_CHECKING:
     from gateway.config import Settings
 
-__all__ = ["Backoff", "Component", "Health", "supervise"]
+__all__ = ["Backoff", "Component", "EventSink", "Health", "supervise"]
 
 Clock = Callable[[], float]
+EventSink = Callable[[dict[str, Any]], Awaitable[None]]
+"""Where a component sends its events (the App appends them to the outbox)."""
 State = Literal["starting", "running", "backoff", "stopped"]
 
 

@@ -118,10 +118,6 @@ def full_jitter(failures: int, *, cap_s: float, rng: random.Random) -> float:
     return max(0.5, rng.uniform(0, min(cap_s, 2.0**failures)))
 
 
-def _now_iso() -> str:
-    return now_iso()
-
-
 class Link(Component):
     """The daemon's MQTT session; restartable, never fatal to the rest."""
 
@@ -194,7 +190,7 @@ class Link(Component):
         return aiomqtt.Will(self.topics.status, json.dumps({"online": False}), qos=1, retain=True)
 
     def _presence(self, online: bool) -> bytes:
-        payload: dict[str, Any] = {"online": online, "ts": _now_iso()}
+        payload: dict[str, Any] = {"online": online, "ts": now_iso()}
         if online:
             payload |= {
                 "version": __version__,
@@ -216,7 +212,7 @@ class Link(Component):
             self._client = client
             self.stats.connected = True
             self.stats.connects += 1
-            self.stats.connected_since = _now_iso()
+            self.stats.connected_since = now_iso()
             self.stats.last_error = None
             _log.info(
                 "link.connected",

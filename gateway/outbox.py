@@ -150,10 +150,6 @@ class _Flush:
 _STOP = object()
 
 
-def _now_iso() -> str:
-    return now_iso("milliseconds")
-
-
 def encode_record(record: dict[str, Any]) -> str:
     """JSON text of a record; values JSON cannot hold become their ``repr``."""
     return json.dumps(record, ensure_ascii=False, default=repr, separators=(",", ":"))
@@ -231,7 +227,7 @@ class Outbox:
             outbox.append_nowait(
                 "events",
                 {
-                    "ts": _now_iso(),
+                    "ts": now_iso("milliseconds"),
                     "type": "outbox.corrupt",
                     "moved_to": outbox.recovered_from.name,
                     "epoch": outbox.epoch,
@@ -362,7 +358,7 @@ class Outbox:
         if stream not in _STREAM_ID:
             raise ValueError(f"unknown stream {stream!r}; one of {', '.join(STREAMS)}")
         if "ts" not in record:
-            record = {"ts": _now_iso(), **record}
+            record = {"ts": now_iso("milliseconds"), **record}
         fields = encode_record(record)
         if len(fields) > self.max_record_bytes:
             raise ValueError(
@@ -645,7 +641,12 @@ class Outbox:
             _Append(
                 "events",
                 encode_record(
-                    {"ts": _now_iso(), "type": "outbox.dropped", "counts": counts, "reason": "full"}
+                    {
+                        "ts": now_iso("milliseconds"),
+                        "type": "outbox.dropped",
+                        "counts": counts,
+                        "reason": "full",
+                    }
                 ),
                 urgent=False,
                 done=None,

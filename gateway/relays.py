@@ -46,7 +46,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,7 +55,7 @@ from gpiozero import Device, DigitalOutputDevice, Factory, GPIOZeroError
 from gpiozero.pins import Pin
 
 from gateway.clock import local_iso
-from gateway.component import Component, Health
+from gateway.component import Component, EventSink, Health
 from gateway.config import RelayConfig
 from gateway.errors import GatewayError
 from gateway.files import write_atomic
@@ -65,7 +65,6 @@ from gateway.state import StateStore
 __all__ = ["MAX_FOR_S", "RelayBank", "RelayError", "factory_name"]
 
 Mode = Literal["schedule", "manual"]
-EventSink = Callable[[dict[str, Any]], Awaitable[None]]
 
 MAX_FOR_S = 86400.0
 """The longest ``for_s`` a ``relay.set`` may ask for (one day)."""

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 
 from gateway.clock import now_iso
-from gateway.component import Component, Health
+from gateway.component import Component, EventSink, Health
 from gateway.config import HotspotConfig, IcmpProbe, TcpProbe, UplinkSection
 from gateway.hotspots.health import Hysteresis, Outcome, Transition
 from gateway.hotspots.probes import (
@@ -47,13 +47,8 @@ MAX_CONCURRENT_CYCLES = 16
 UPLINK_FAIL_THRESHOLD = 3
 UPLINK_RECOVER_THRESHOLD = 2
 
-EventSink = Callable[[dict[str, Any]], Awaitable[None]]
 
 _log = get_logger("hotspots")
-
-
-def _now_rfc3339() -> str:
-    return now_iso()
 
 
 @dataclass(slots=True)
@@ -92,7 +87,7 @@ class HotspotMonitor(Component):
         state: StateStore,
         on_event: EventSink,
         clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], str] = _now_rfc3339,
+        wall: Callable[[], str] = now_iso,
         max_concurrent: int = MAX_CONCURRENT_CYCLES,
         permission: IcmpPermission | None = None,
     ) -> None:
