@@ -55,7 +55,7 @@ _log = get_logger("commands")
 
 PRIORITIES = ("emergency", "live", "announcement", "scheduled", "background")
 Priority = Literal["emergency", "live", "announcement", "scheduled", "background"]
-Source = Literal["mqtt", "web", "schedule"]
+Source = Literal["mqtt", "web", "schedule", "pa"]
 Status = Literal["accepted", "done", "rejected", "failed", "expired", "duplicate"]
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 _ID = re.compile(ID_PATTERN)

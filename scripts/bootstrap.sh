@@ -17,6 +17,10 @@ DEBIAN_PACKAGES=(
   systemd           # systemd-analyze, to verify the unit file in tests
   iproute2          # `ip` and network namespaces for hotspot tests
   curl              # health checks in scripts
+  nftables          # real packet loss and delay for hotspot probes in test namespaces
+  pulseaudio        # a real-time null sink behind the ALSA tap for PA timing tests
+  libasound2-plugins # the ALSA `pulse` plugin that feeds that sink
+  chromium          # the browser that Playwright drives in the web UI tests
 )
 
 PYTHON="${PYTHON:-python3}"
