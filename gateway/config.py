@@ -16,6 +16,7 @@ import zoneinfo
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -41,6 +42,7 @@ __all__ = [
     "RelaySchedule",
     "SchedulesSection",
     "Settings",
+    "UbusConfig",
     "WebSection",
     "flatten",
     "load_settings",
@@ -246,11 +248,15 @@ class TcpProbe(_Probe):
 
 
 class HttpProbe(_Probe):
-    """Fetch a URL and expect a status."""
+    """Fetch a URL and expect a status, and optionally a text in the body.
+
+    The body check catches a captive portal or an error page served with 200.
+    """
 
     kind: Literal["http"]
     url: str = Field(pattern=r"^https?://")
     expect_status: int = Field(default=200, ge=100, le=599)
+    expect_body: str | None = Field(default=None, min_length=1)
 
 
 class DnsProbe(_Probe):
@@ -268,6 +274,40 @@ def _ping_only() -> list[Probe]:
     return [IcmpProbe(kind="icmp")]
 
 
+_IFACE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+
+
+class UbusConfig(_Section):
+    """Client counts from an OpenWrt access point over ubus JSON-RPC (``/ubus``).
+
+    The password lives in a file (mode 0600) so it never shows in the configuration,
+    the logs or ``check-config`` output; it is read again at every login.
+    """
+
+    url: str = Field(pattern=r"^https?://")
+    username: str = Field(min_length=1, max_length=64)
+    password_file: Path
+    interfaces: list[str] = Field(default_factory=lambda: ["wlan0"], min_length=1)
+    method: Literal["hostapd", "iwinfo"] = "hostapd"
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _url_names_a_host(cls, value: str) -> str:
+        host = urlsplit(value).hostname
+        if host is None or not _is_host(host):
+            raise ValueError(f"the URL names no valid host: {value!r}")
+        return value
+
+    @field_validator("interfaces")
+    @classmethod
+    def _interface_names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not _IFACE.fullmatch(name)]
+        if bad:
+            raise ValueError(f"not a wifi interface name: {', '.join(map(repr, bad))}")
+        return value
+
+
 class HotspotConfig(_Section):
     """One free wifi access point to watch."""
 
@@ -277,6 +317,7 @@ class HotspotConfig(_Section):
     fail_threshold: int = Field(default=3, ge=1, le=100)
     recover_threshold: int = Field(default=2, ge=1, le=100)
     probes: list[Probe] = Field(default_factory=_ping_only, min_length=1)
+    ubus: UbusConfig | None = None
 
     @field_validator("host")
     @classmethod
@@ -287,7 +328,10 @@ class HotspotConfig(_Section):
 
     @model_validator(mode="after")
     def _timeouts_fit_the_interval(self) -> HotspotConfig:
-        slow = [p.timeout_s for p in self.probes if p.timeout_s >= self.interval_s]
+        timeouts = [p.timeout_s for p in self.probes]
+        if self.ubus is not None:
+            timeouts.append(self.ubus.timeout_s)
+        slow = [timeout for timeout in timeouts if timeout >= self.interval_s]
         if slow:
             raise ValueError(
                 f"a probe timeout ({max(slow):g} s) must be shorter than interval_s "
@@ -513,5 +557,10 @@ def _check_demo(settings: Settings, source: str) -> None:
     for name, hotspot in settings.hotspots.items():
         if not _is_loopback(hotspot.host):
             problems.append(ConfigProblem(f"hotspots.{name}.host", "the demo only probes loopback"))
+        ubus_host = urlsplit(hotspot.ubus.url).hostname if hotspot.ubus else None
+        if ubus_host is not None and not _is_loopback(ubus_host):
+            problems.append(
+                ConfigProblem(f"hotspots.{name}.ubus.url", "the demo only asks loopback")
+            )
     if problems:
         raise ConfigError(problems, source=source)

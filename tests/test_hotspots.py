@@ -14,6 +14,7 @@ import struct
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -21,7 +22,17 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from gateway.component import Health
-from gateway.config import DnsProbe, HotspotConfig, HttpProbe, IcmpProbe, TcpProbe, UplinkSection
+from gateway.config import (
+    DnsProbe,
+    HotspotConfig,
+    HttpProbe,
+    IcmpProbe,
+    Settings,
+    TcpProbe,
+    UplinkSection,
+    load_settings,
+)
+from gateway.errors import ConfigError
 from gateway.hotspots import (
     HotspotMonitor,
     Hysteresis,
@@ -549,3 +560,166 @@ def test_a_simulated_month_keeps_memory_flat() -> None:
     assert 3.6 <= p50 <= 4.4
     assert 36 <= p95 <= 44
     assert windows.loss_pct(now) == 0.0
+
+
+# -- every bad input of the issue, through the monitor ---------------------------------
+
+
+async def test_http_probe_checks_the_body(http_server: tuple[str, Script]) -> None:
+    """``expect_body`` catches a page that answers 200 with the wrong content (a captive
+    portal, an error page): ``wrong body``, with the latency still measured."""
+    base, _ = http_server
+    good = await probe_http(f"{base}/ok", 200, timeout_s=2, expect_body="hell")
+    wrong = await probe_http(f"{base}/ok", 200, timeout_s=2, expect_body="welcome")
+    assert good.ok
+    assert (wrong.ok, wrong.reason) == (False, "wrong body")
+    assert wrong.rtt_ms is not None
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("accepts then hangs", "http: timeout"),
+        ("refuses", "tcp: refused"),
+        ("http 500", "http: http 500"),
+        ("wrong body", "http: wrong body"),
+        ("dns server mute", "dns: timeout"),
+        ("name does not resolve", "dns: nxdomain"),
+    ],
+)
+async def test_each_bad_target_goes_down_once_with_its_reason(
+    case: str,
+    reason: str,
+    hanging_port: int,
+    http_server: tuple[str, Script],
+    dns_server: Callable[[bool], Awaitable[str]],
+) -> None:
+    """Each fault of the issue, against a real loopback server, takes the hotspot down
+    after exactly ``fail_threshold`` (3) cycles, with one event naming the reason, and
+    the snapshot keeps that reason."""
+    base, _ = http_server
+    probes: dict[str, Any] = {
+        "accepts then hangs": lambda: HttpProbe(
+            kind="http", url=f"http://{LOOPBACK}:{hanging_port}/", timeout_s=0.3
+        ),
+        "refuses": lambda: TcpProbe(kind="tcp", port=_free_port(), timeout_s=0.5),
+        "http 500": lambda: HttpProbe(kind="http", url=f"{base}/broken"),
+        "wrong body": lambda: HttpProbe(kind="http", url=f"{base}/ok", expect_body="welcome"),
+    }
+    if case.startswith("dns") or case.startswith("name"):
+        server = await dns_server(case == "dns server mute")
+        probe: Any = DnsProbe(kind="dns", name="nowhere.test", server=server, timeout_s=0.3)
+    else:
+        probe = probes[case]()
+    monitor, state, events = _monitor({"ap": _hotspot(probe)})
+    states = [(await monitor.check("ap"))["state"] for _ in range(3)]
+    assert states == ["unknown", "unknown", "down"]
+    assert [(e["previous"], e["state"], e["reason"]) for e in events] == [
+        ("unknown", "down", reason)
+    ]
+    snapshot = state.snapshot("hotspots")
+    assert snapshot is not None
+    assert snapshot["hotspots"]["ap"]["reason"] == reason
+
+
+async def test_a_hotspot_flapping_every_cycle_through_the_monitor(
+    http_server: tuple[str, Script],
+) -> None:
+    """A web page that alternates 500 and 200 every cycle: after coming up the hotspot is
+    ``degraded`` for ``flapping`` (two events in all, never ``down``), and the snapshot
+    and the telemetry count every flap."""
+    base, script = http_server
+    script.extend(["ok", "ok"] + ["500", "ok"] * 6)
+    monitor, state, events = _monitor(
+        {"ap": _hotspot(HttpProbe(kind="http", url=f"{base}/scripted"))}
+    )
+    for _ in range(14):
+        await monitor.check("ap")
+    assert [(e["state"], e["reason"]) for e in events] == [("up", None), ("degraded", "flapping")]
+    snapshot = state.snapshot("hotspots")
+    assert snapshot is not None
+    assert snapshot["hotspots"]["ap"]["flaps"] == 12
+    assert snapshot["hotspots"]["ap"]["outages"] == 0
+    assert monitor.telemetry()["hotspots"]["ap"]["flaps"] == 12
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ('host = "ap 1; rm -rf"', "hotspots.hall.host: not an IP address or host name"),
+        (
+            'host = "127.0.0.1"\ninterval_s = 1\nprobes = [{ kind = "tcp", port = 80 }]',
+            "hotspots.hall: a probe timeout (2 s) must be shorter than interval_s (1 s)",
+        ),
+    ],
+)
+def test_bad_hotspot_tables_are_refused_naming_the_key(
+    tmp_path: Path, table: str, problem: str
+) -> None:
+    """A host that is no address or name, and a timeout not shorter than the interval,
+    stop the configuration from loading, each with its key."""
+    path = tmp_path / "config.toml"
+    path.write_text(f'[gateway]\nid = "t.gw"\n\n[hotspots.hall]\n{table}\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert any(str(p).startswith(problem) for p in caught.value.problems), caught.value.problems
+
+
+# -- telemetry and reload ----------------------------------------------------------------
+
+
+async def test_telemetry_carries_per_hotspot_figures(
+    http_server: tuple[str, Script], listening_port: int
+) -> None:
+    """The telemetry part of the monitor: state, p50/p95, loss, availability 1 h/24 h,
+    flaps and clients for each hotspot, and the uplink's figures without clients."""
+    base, _ = http_server
+    monitor, _, _ = _monitor(
+        {
+            "hall": _hotspot(HttpProbe(kind="http", url=f"{base}/ok")),
+            "market": _hotspot(TcpProbe(kind="tcp", port=_free_port(), timeout_s=0.5)),
+        }
+    )
+    for _ in range(3):
+        await monitor.probe_now()
+    figures = monitor.telemetry()
+    hall, market = figures["hotspots"]["hall"], figures["hotspots"]["market"]
+    assert hall["state"] == "up"
+    assert hall["rtt_p50_ms"] is not None
+    assert hall["rtt_p95_ms"] >= hall["rtt_p50_ms"]
+    assert (hall["availability_1h"], hall["availability_24h"]) == (100.0, 100.0)
+    assert hall["clients"] is None  # no ubus table
+    assert (market["state"], market["availability_1h"]) == ("down", 0.0)
+    assert "clients" not in figures["uplink"]
+    assert set(hall) == {
+        "state",
+        "rtt_p50_ms",
+        "rtt_p95_ms",
+        "loss_pct",
+        "availability_1h",
+        "availability_24h",
+        "flaps",
+        "clients",
+    }
+
+
+async def test_reload_applies_new_labels_and_republishes(listening_port: int) -> None:
+    """SIGHUP's path: a new label shows in the snapshot at once, the statistics are kept,
+    and the next transition's event carries the new label."""
+    monitor, state, _ = _monitor(
+        {"hall": _hotspot(TcpProbe(kind="tcp", port=listening_port), label="Cũ")}
+    )
+    for _ in range(2):
+        await monitor.check("hall")
+    settings = Settings(
+        gateway={"id": "t.gw"},
+        hotspots={
+            "hall": _hotspot(TcpProbe(kind="tcp", port=listening_port), label="Wifi nhà văn hóa")
+        },
+    )
+    assert await monitor.reload(settings) == []
+    snapshot = state.snapshot("hotspots")
+    assert snapshot is not None
+    hall = snapshot["hotspots"]["hall"]
+    assert hall["label"] == "Wifi nhà văn hóa"
+    assert (hall["state"], hall["cycles"]) == ("up", 2)

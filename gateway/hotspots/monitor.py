@@ -7,6 +7,11 @@ the hotspot's :class:`~gateway.hotspots.health.Hysteresis`. Only transitions bec
 events (``hotspot.state``, ``uplink.state``) and log lines: a hotspot logs once when it
 goes down and once when it is back.
 
+A hotspot with a ``ubus`` table also has its wifi clients counted each cycle, alongside
+the probes (:mod:`~gateway.hotspots.ubus`); a count that cannot be read is ``None`` with
+a reason, logged once when it starts failing and once when it works again, and never
+judges the hotspot's health.
+
 Without permission for unprivileged ping the monitor says so once, loudly (a warning,
 an event, ``"icmp"`` in the snapshot and the systemd STATUS text), and runs a TCP probe
 instead of each ICMP one: the hotspot's own TCP probe when it has one, else port 80.
@@ -24,7 +29,7 @@ import aiohttp
 
 from gateway.clock import now_iso
 from gateway.component import Component, EventSink, Health
-from gateway.config import HotspotConfig, IcmpProbe, TcpProbe, UplinkSection
+from gateway.config import HotspotConfig, IcmpProbe, Settings, TcpProbe, UplinkSection
 from gateway.hotspots.health import Hysteresis, Outcome, Transition
 from gateway.hotspots.probes import (
     AnyProbe,
@@ -35,6 +40,7 @@ from gateway.hotspots.probes import (
     new_http_session,
     run_probe,
 )
+from gateway.hotspots.ubus import ClientCount, UbusClient
 from gateway.hotspots.windows import RollingWindows
 from gateway.log import get_logger
 from gateway.state import StateStore
@@ -69,6 +75,8 @@ class _Target:
     checked_at: str | None = None
     stand_in: TcpProbe | None = None
     """The TCP probe that runs in place of the ping, when ping is not permitted."""
+    ubus: UbusClient | None = None
+    clients: ClientCount | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -104,6 +112,7 @@ class HotspotMonitor(Component):
         started = wall()
         self._hotspots = {
             name: self._target(
+                ubus=UbusClient(config.ubus) if config.ubus is not None else None,
                 name=name,
                 host=config.host,
                 label=config.label,
@@ -133,6 +142,7 @@ class HotspotMonitor(Component):
     def _target(
         self,
         *,
+        ubus: UbusClient | None = None,
         name: str,
         host: str | None,
         label: str,
@@ -153,6 +163,7 @@ class HotspotMonitor(Component):
             health=Hysteresis(fail_threshold=fail_threshold, recover_threshold=recover_threshold),
             since=since,
             stand_in=stand_in,
+            ubus=ubus,
         )
 
     # -- public ------------------------------------------------------------------------
@@ -202,12 +213,33 @@ class HotspotMonitor(Component):
         """The ``state/hotspots`` snapshot of PROTOCOL.md, plus ``icmp``."""
         now = self._clock()
         uplink = self._view(self._uplink, now)
-        del uplink["label"], uplink["clients"]
+        del uplink["label"], uplink["clients"], uplink["clients_reason"]
         return {
             "uplink": uplink,
             "hotspots": {name: self._view(t, now) for name, t in self._hotspots.items()},
             "icmp": {"permitted": self.icmp.permitted, "detail": self.icmp.detail},
         }
+
+    def telemetry(self) -> dict[str, Any]:
+        """Per-target figures for the periodic telemetry sample (flat, for charts)."""
+        now = self._clock()
+        return {
+            "uplink": _figures(self._uplink, now),
+            "hotspots": {name: _figures(t, now) for name, t in self._hotspots.items()},
+        }
+
+    async def reload(self, settings: Settings) -> list[str]:
+        """Apply new labels at once and re-publish; App reports the other keys.
+
+        Labels are the one live hotspot key (``hotspots.*.label`` in App's LIVE_KEYS):
+        renaming a point for the commune's map must not reset its statistics.
+        """
+        for name, config in settings.hotspots.items():
+            target = self._hotspots.get(name)
+            if target is not None:
+                target.label = config.label
+        await self._publish()
+        return []
 
     def summary(self) -> str:
         """``"4/5 hotspots up"``, and the missing ping permission, for systemd STATUS."""
@@ -232,7 +264,14 @@ class HotspotMonitor(Component):
 
     async def _check(self, target: _Target) -> None:
         async with target.lock, self._semaphore:
-            pairs = await self._run_probes(target)
+            if target.ubus is None:
+                pairs = await self._run_probes(target)
+            else:
+                pairs, clients = await asyncio.gather(
+                    self._run_probes(target), target.ubus.count(self._session)
+                )
+                _tell_clients(target, clients)
+                target.clients = clients
             outcome = self._judge(target, pairs)
             now = self._clock()
             target.last = [result for _, result in pairs]
@@ -334,7 +373,8 @@ class HotspotMonitor(Component):
             "reason": target.health.reason,
             "rtt_ms": target.windows.rtt_ms(now),
             "loss_pct": target.windows.loss_pct(now),
-            "clients": None,
+            "clients": target.clients.clients if target.clients is not None else None,
+            "clients_reason": target.clients.reason if target.clients is not None else None,
             "availability": target.windows.availability(now),
             "label": target.label,
             "flaps": target.health.flaps,
@@ -349,6 +389,32 @@ class HotspotMonitor(Component):
             "reason": target.health.reason,
             "probes": [result.as_dict() for result in target.last],
         }
+
+
+def _figures(target: _Target, now: float) -> dict[str, Any]:
+    rtt = target.windows.rtt_ms(now)
+    availability = target.windows.availability(now)
+    figures = {
+        "state": target.health.state,
+        "rtt_p50_ms": rtt["p50"],
+        "rtt_p95_ms": rtt["p95"],
+        "loss_pct": target.windows.loss_pct(now),
+        "availability_1h": availability["1h"],
+        "availability_24h": availability["24h"],
+        "flaps": target.health.flaps,
+    }
+    if target.host is not None:
+        figures["clients"] = target.clients.clients if target.clients is not None else None
+    return figures
+
+
+def _tell_clients(target: _Target, new: ClientCount) -> None:
+    """Log once when the count starts failing (or fails differently), once when back."""
+    old = target.clients.reason if target.clients is not None else None
+    if new.reason is not None and new.reason != old:
+        _log.warning("hotspot.clients_unknown", target=target.name, reason=new.reason)
+    elif new.reason is None and old is not None:
+        _log.info("hotspot.clients_back", target=target.name, clients=new.clients)
 
 
 def _kind(target: _Target) -> str:

@@ -47,6 +47,7 @@ __all__ = [
     "probe_icmp",
     "probe_tcp",
     "run_probe",
+    "why_failed",
 ]
 
 AnyProbe = IcmpProbe | TcpProbe | HttpProbe | DnsProbe
@@ -147,6 +148,11 @@ def _why(exc: BaseException) -> str:
         return "unreachable"
     reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), None)
     return reason or f"error: {type(exc).__name__}"
+
+
+def why_failed(exc: BaseException) -> str:
+    """The probes' short reason for an I/O error, for other hotspot checks to share."""
+    return _why(exc)
 
 
 def _ms(start: float) -> float:
@@ -255,18 +261,40 @@ def new_http_session() -> aiohttp.ClientSession:
     )
 
 
+BODY_LIMIT = 64 * 1024
+"""How much of a body ``expect_body`` looks at: a status page, not a download."""
+
+
+async def _read_head(response: aiohttp.ClientResponse, limit: int = BODY_LIMIT) -> str:
+    """The first ``limit`` bytes of the body as text (undecodable bytes replaced)."""
+    data = bytearray()
+    async for chunk in response.content.iter_chunked(8192):
+        data += chunk
+        if len(data) >= limit:
+            break
+    return bytes(data[:limit]).decode("utf-8", errors="replace")
+
+
 async def probe_http(
     url: str,
     expect_status: int,
     timeout_s: float,
     *,
+    expect_body: str | None = None,
     session: aiohttp.ClientSession | None = None,
 ) -> ProbeResult:
-    """GET ``url`` and expect ``expect_status``; the RTT is the time to the headers."""
+    """GET ``url`` and expect ``expect_status`` (and ``expect_body`` within the body).
+
+    The RTT is the time to the headers; a body check reads at most :data:`BODY_LIMIT`
+    bytes, all within the same timeout.
+    """
     if session is None:
         async with new_http_session() as own:
-            return await probe_http(url, expect_status, timeout_s, session=own)
+            return await probe_http(
+                url, expect_status, timeout_s, expect_body=expect_body, session=own
+            )
     start = time.perf_counter()
+    body = ""
     try:
         async with asyncio.timeout(timeout_s):
             async with session.get(
@@ -274,10 +302,14 @@ async def probe_http(
             ) as response:
                 rtt = _ms(start)
                 status = response.status
+                if expect_body is not None and status == expect_status:
+                    body = await _read_head(response)
     except _PROBE_ERRORS as exc:
         return _failed("http", url, _why(exc))
     if status != expect_status:
         return _failed("http", url, f"http {status}", rtt_ms=rtt)
+    if expect_body is not None and expect_body not in body:
+        return _failed("http", url, "wrong body", rtt_ms=rtt)
     return ProbeResult(kind="http", target=url, ok=True, rtt_ms=rtt, rtts_ms=(rtt,))
 
 
@@ -389,7 +421,11 @@ async def run_probe(
             return await probe_tcp(host, probe.port, probe.timeout_s)
         case HttpProbe():
             return await probe_http(
-                probe.url, probe.expect_status, probe.timeout_s, session=session
+                probe.url,
+                probe.expect_status,
+                probe.timeout_s,
+                expect_body=probe.expect_body,
+                session=session,
             )
         case DnsProbe():
             return await probe_dns(probe.name, probe.server, probe.timeout_s)
