@@ -31,6 +31,7 @@ from gateway.downlink import Downlink
 from gateway.errors import ConfigError, StartupError
 from gateway.files import write_atomic
 from gateway.hotspots import HotspotMonitor
+from gateway.hotspots.demo import with_web_port
 from gateway.link import Link
 from gateway.log import get_logger, set_level
 from gateway.logupload import LogUploader
@@ -178,7 +179,7 @@ class App:
             self.outbox,
             state_dir=settings.gateway.state_dir,
             interval_s=settings.telemetry.interval_s,
-            extra=lambda: {"outbox_depth": self.outbox.stats().total_depth() if self.outbox else 0},
+            extra=self._telemetry_extra,
         )
         try:
             self.control.open(self.dispatcher.dispatch)
@@ -255,9 +256,18 @@ class App:
             details["schedules"] = self.control.scheduler.snapshot()
         return details
 
+    def _telemetry_extra(self) -> dict[str, Any]:
+        """What the daemon adds to each telemetry sample: outbox depth, hotspot figures."""
+        extra = {"outbox_depth": self.outbox.stats().total_depth() if self.outbox else 0}
+        return extra | (self.hotspots.telemetry() if self.hotspots is not None else {})
+
     def _resolve(self, settings: Settings) -> Settings:
-        """In demo mode, state goes to one temporary folder unless one is configured."""
-        if not self._demo or "state_dir" in settings.gateway.model_fields_set:
+        """In demo mode, state goes to one temporary folder unless one is configured, and
+        the demo's own hotspot probes the web port actually in use."""
+        if not self._demo:
+            return settings
+        settings = with_web_port(settings)
+        if "state_dir" in settings.gateway.model_fields_set:
             return settings
         if self._demo_state_dir is None:
             self._demo_state_dir = Path(tempfile.mkdtemp(prefix="village-gateway-demo-"))
