@@ -131,6 +131,9 @@ class App:
             port=self.settings.web.port,
             health=self.health_report,
             registry=registry,
+            state=self.state,
+            settings=self.settings,
+            link_online=lambda: self.link is not None and self.link.stats.connected,
         )
 
     async def _build(self) -> None:
@@ -200,7 +203,9 @@ class App:
 
     async def _record(self, stream: Stream, record: dict[str, Any], urgent: bool) -> None:
         assert self.outbox is not None  # noqa: S101 - opened before the dispatcher exists
-        await self.outbox.append(stream, record, urgent=urgent)
+        seq = await self.outbox.append(stream, record, urgent=urgent)
+        if stream == "events":
+            self.web.event(record, seq)
 
     def handled_types(self) -> list[str]:
         """The command types this gateway runs (others answer ``not_available``)."""
@@ -221,8 +226,8 @@ class App:
 
     async def _append_event(self, event: dict[str, Any]) -> None:
         """Components' events (a relay switched, a hotspot went down …) into the outbox."""
-        if self.outbox is not None:
-            await self.outbox.append("events", event)
+        seq = await self.outbox.append("events", event) if self.outbox is not None else None
+        self.web.event(event, seq)
 
     async def _ping(self, args: BaseModel, source: Source) -> dict[str, Any]:
         return {
@@ -319,6 +324,7 @@ class App:
         """Start, run until stopped, stop. Returns the exit status (0)."""
         _prepare_state_dir(self.settings.gateway.state_dir)
         await self._build()
+        self.web.attach(dispatcher=self.dispatcher)
         try:
             await self.web.start()
         except BaseException:

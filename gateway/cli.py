@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     send_command.add_arguments(send)
 
+    password = commands.add_parser(
+        "set-password",
+        help="set the web UI password (read from stdin) and log every browser out",
+    )
+    password.add_argument("--config", type=Path, help="the TOML configuration file")
+
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -81,6 +87,7 @@ def _run(config: Path | None, *, demo: bool) -> int:
     from gateway.app import App  # noqa: PLC0415
     from gateway.log import configure_logging, get_logger  # noqa: PLC0415
     from gateway.logupload import LogUploader  # noqa: PLC0415
+    from gateway.web.live import LOG_TAP  # noqa: PLC0415
 
     if demo:
         # gpiozero reads this when the first device is built: simulated pins only.
@@ -97,7 +104,7 @@ def _run(config: Path | None, *, demo: bool) -> int:
         level=settings.log.level,
         fmt=settings.log.format,
         tz=zoneinfo.ZoneInfo(settings.gateway.timezone),
-        sinks=[uploader],
+        sinks=[uploader, LOG_TAP],
     )
     log = get_logger("cli")
     try:
@@ -126,4 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return watch_command.run(args)
     if args.command == "send":
         return send_command.run(args)
+    if args.command == "set-password":
+        from gateway.web.setpassword import run as set_password  # noqa: PLC0415
+
+        return set_password(args.config)
     return _run(args.config, demo=args.demo)

@@ -352,6 +352,24 @@ class WebSection(_Section):
 
     host: str = "0.0.0.0"  # noqa: S104 - operators reach it from phones on the LAN
     port: int = Field(default=8080, ge=1, le=65535)
+    public_status: bool = False
+    """Let anyone on the LAN read ``GET /api/v1/state`` and the WebSocket without login."""
+    session_ttl_s: int = Field(default=12 * 3600, ge=60, le=30 * 86_400)
+    session_idle_s: int = Field(default=2 * 3600, ge=60, le=30 * 86_400)
+    login_max_attempts: int = Field(default=5, ge=1, le=100)
+    login_lockout_s: float = Field(default=30, gt=0, le=86_400)
+    login_max_lockout_s: float = Field(default=3600, gt=0, le=7 * 86_400)
+    max_upload_mb: float = Field(default=50, gt=0, le=1000)
+    trusted_origins: list[str] = Field(default_factory=list)
+    """Extra ``Origin`` values accepted besides the request's own (a TLS reverse proxy)."""
+
+    @field_validator("trusted_origins")
+    @classmethod
+    def _origins_are_scheme_and_host(cls, value: list[str]) -> list[str]:
+        bad = [o for o in value if not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+", o)]
+        if bad:
+            raise ValueError(f"an origin is scheme://host[:port], nothing more: {bad!r}")
+        return value
 
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]

@@ -1,26 +1,88 @@
-"""The HTTP server: health and metrics now, the operator UI and API on top later.
+"""The HTTP server: the operator page, its API, health and metrics, and who may use what.
 
 Binding happens in :meth:`WebServer.start`, before the daemon tells systemd it is ready,
 so a port that is already taken is a clear start-up error (exit 2, naming ``web.port``)
 instead of a daemon that runs without its UI.
+
+Security is decided in one place, :meth:`WebServer._guard`, before any handler runs:
+every route needs a session unless it is on :data:`ALLOWLIST` (or, with
+``web.public_status``, on :data:`PUBLIC_STATUS`); every state-changing request must
+come from the page's own origin, and, once logged in, carry the session's CSRF token.
+A new route is therefore closed until someone adds it to a list here on purpose.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from gateway.commands import Dispatcher
+from gateway.config import Settings
 from gateway.errors import StartupError
 from gateway.log import get_logger
+from gateway.state import StateStore
+from gateway.web.api import SESSION, Api, ClipsLike, error
+from gateway.web.auth import Access
+from gateway.web.live import LOG_TAP, LiveHub, LogTap
+from gateway.web.sessions import COOKIE
 
-__all__ = ["HealthReport", "WebServer"]
+__all__ = ["ALLOWLIST", "CSP", "PUBLIC_STATUS", "STATIC_DIR", "HealthReport", "WebServer"]
 
 _log = get_logger("web")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+ALLOWLIST = frozenset(
+    {
+        "/",
+        "/static/{path}",
+        "/healthz",
+        "/metrics",
+        "/api/v1/session",
+        "/api/v1/login",
+        "/api/v1/setup",
+    }
+)
+"""Routes (by their pattern) anyone may call: the login page, its assets, probes, login."""
+PUBLIC_STATUS = frozenset({"/api/v1/state", "/api/v1/ws"})
+"""Readable without login, with GET only, when ``web.public_status = true``."""
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".woff2": "font/woff2",
+    ".webmanifest": "application/manifest+json",
+}
+"""Static files served, by suffix; anything else under static/ is not served."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +91,19 @@ class HealthReport:
 
     healthy: bool
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def _same_origin(request: web.Request, trusted: Iterable[str]) -> bool:
+    """The request comes from a page of this very server (or a configured proxy origin).
+
+    Browsers send ``Origin`` on every POST and WebSocket; a request without one is not
+    from our page, so it is refused too.
+    """
+    origin = request.headers.get("Origin")
+    if not origin:
+        return False
+    own = f"{request.scheme}://{request.host}"
+    return origin.lower() == own.lower() or origin in trusted
 
 
 class WebServer:
@@ -41,15 +116,62 @@ class WebServer:
         port: int,
         health: Callable[[], HealthReport],
         registry: CollectorRegistry,
+        state: StateStore,
+        settings: Settings,
+        link_online: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+        log_tap: LogTap = LOG_TAP,
     ) -> None:
         self._host = host
         self._port = port
         self._health = health
         self._registry = registry
+        self._settings = settings
+        self._link_online = link_online
+        self._log_tap = log_tap
         self._runner: web.AppRunner | None = None
-        self.app = web.Application()
+        self._watcher: asyncio.Task[None] | None = None
+        web_settings = settings.web
+        self.access = Access(
+            settings.gateway.state_dir,
+            ttl_s=web_settings.session_ttl_s,
+            idle_s=web_settings.session_idle_s,
+            max_attempts=web_settings.login_max_attempts,
+            lockout_s=web_settings.login_lockout_s,
+            max_lockout_s=web_settings.login_max_lockout_s,
+            clock=clock,
+        )
+        self.live = LiveHub(state)
+        self.api = Api(
+            settings=settings,
+            access=self.access,
+            state=state,
+            hub=self.live,
+            overview=self._overview,
+        )
+        self.requests: dict[str, int] = {}
+        """Answers by status class (``2xx`` …), for /metrics."""
+        self.app = web.Application(middlewares=[self._count, self._guard])
+        self.app.on_response_prepare.append(self._secure_headers)
+        self.app.router.add_get("/", self._index)
+        self.app.router.add_get("/static/{path:.+}", self._static)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/metrics", self._metrics)
+        self.api.register(self.app.router)
+        registry.register(_WebCollector(self))
+
+    def attach(
+        self, *, dispatcher: Dispatcher | None = None, clips: ClipsLike | None = None
+    ) -> None:
+        """Hand over what exists only once the daemon is built (commands, the clip store)."""
+        if dispatcher is not None:
+            self.api.dispatcher = dispatcher
+        if clips is not None:
+            self.api.clips = clips
+
+    def event(self, event: dict[str, Any], seq: int | None = None) -> None:
+        """An event (command, relay switched …) for ``/api/v1/events`` and the pages."""
+        self.live.event(event, seq)
 
     @property
     def port(self) -> int:
@@ -84,13 +206,127 @@ class WebServer:
                 ) from exc
             raise StartupError.single("web.host", f"cannot listen on {where}: {exc}") from exc
         self._runner = runner
+        self.begin()
         _log.info("web.listening", host=self._host, port=self.port)
+
+    def begin(self) -> None:
+        """Start the live feed and, without a password, print the setup code.
+
+        Separate from :meth:`start` so tests can serve :attr:`app` with aiohttp's own
+        test server and still get the live parts.
+        """
+        self._watcher = asyncio.get_running_loop().create_task(
+            self.live.watch_state(), name="web.live"
+        )
+        self._log_tap.attach(self.live, asyncio.get_running_loop())
+        self.access.ensure_setup_code()
+
+    async def end(self) -> None:
+        """Stop the live feed (the counterpart of :meth:`begin`)."""
+        self._log_tap.attach(None)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
 
     async def stop(self) -> None:
         """Stop listening and close open connections."""
+        await self.end()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    # -- the guard ------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Deny by default; Origin on every change; CSRF on every change after login."""
+        resource = request.match_info.route.resource
+        if resource is None:  # no such route: aiohttp answers 404/405 itself
+            return await handler(request)
+        pattern = resource.canonical
+        unsafe = request.method not in SAFE_METHODS
+        trusted = self._settings.web.trusted_origins
+        if unsafe and not _same_origin(request, trusted):
+            return error(403, "forbidden", "refused: the request does not come from this page")
+        cross_site_ws = pattern == "/api/v1/ws" and "Origin" in request.headers
+        if cross_site_ws and not _same_origin(request, trusted):
+            return error(403, "forbidden", "refused: a WebSocket from another site")
+        self.access.refresh()
+        session = self.access.sessions.get(request.cookies.get(COOKIE))
+        if session is not None:
+            request[SESSION] = session
+        public = pattern in ALLOWLIST or (
+            self._settings.web.public_status and not unsafe and pattern in PUBLIC_STATUS
+        )
+        if session is None and not public:
+            return error(401, "unauthenticated", "log in first")
+        needs_csrf = session is not None and unsafe and pattern not in ALLOWLIST
+        if needs_csrf and not (session and session.csrf_ok(request.headers.get("X-CSRF-Token"))):
+            return error(403, "forbidden", "missing or wrong X-CSRF-Token")
+        return await handler(request)
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            self._tally(exc.status)
+            raise
+        self._tally(response.status)
+        return response
+
+    def _tally(self, status: int) -> None:
+        key = f"{status // 100}xx"
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+    @staticmethod
+    async def _secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+        """The same strict headers on every answer, errors and static files included."""
+        for name, value in _HEADERS.items():
+            response.headers.setdefault(name, value)
+        if request.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
+        else:
+            response.headers.setdefault("Cache-Control", "no-cache")
+
+    # -- page, static, probes ---------------------------------------------------------
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        index = STATIC_DIR / "index.html"
+        if not index.is_file():
+            return web.Response(status=503, text="The web UI is not installed.\n")
+        return web.FileResponse(index, headers={"Content-Type": _TYPES[".html"]})
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        """A file under static/, by a path of plain names: no dot-segments, no links out."""
+        parts = request.match_info["path"].split("/")
+        if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p for p in parts):
+            raise web.HTTPNotFound
+        path = STATIC_DIR.joinpath(*parts)
+        content_type = _TYPES.get(path.suffix.lower())
+        try:
+            resolved = path.resolve(strict=True)
+        except OSError:
+            raise web.HTTPNotFound from None
+        if content_type is None or not resolved.is_file() or STATIC_DIR not in resolved.parents:
+            raise web.HTTPNotFound
+        return web.FileResponse(resolved, headers={"Content-Type": content_type})
+
+    def _overview(self) -> dict[str, Any]:
+        """The parts of ``/api/v1/state`` that are not component snapshots."""
+        details = self._health().details
+        gateway = self._settings.gateway
+        return {
+            "gateway": {
+                "id": gateway.id,
+                "name": gateway.name,
+                "version": details.get("version"),
+            },
+            "link": {"online": self._link_online()},
+            "health": details.get("components", {}),
+        }
 
     async def _healthz(self, request: web.Request) -> web.Response:
         report = self._health()
@@ -102,3 +338,36 @@ class WebServer:
             body=generate_latest(self._registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
+
+
+class _WebCollector(Collector):
+    """Web figures read when /metrics is scraped (nothing to update on each request)."""
+
+    def __init__(self, server: WebServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        server = self._server
+        yield GaugeMetricFamily(
+            "vg_web_sessions", "Logged-in browser sessions", value=len(server.access.sessions)
+        )
+        yield GaugeMetricFamily(
+            "vg_web_ws_clients", "Pages connected to the live WebSocket", value=server.live.clients
+        )
+        yield GaugeMetricFamily(
+            "vg_web_locked_addresses",
+            "Client addresses locked out of login right now",
+            value=server.access.limiter.locked(),
+        )
+        logins = CounterMetricFamily(
+            "vg_web_logins", "Login and setup attempts by outcome", labels=["result"]
+        )
+        for result, count in server.api.logins.items():
+            logins.add_metric([result], count)
+        yield logins
+        requests = CounterMetricFamily(
+            "vg_web_requests", "HTTP answers by status class", labels=["status"]
+        )
+        for status, count in sorted(server.requests.items()):
+            requests.add_metric([status], count)
+        yield requests

@@ -1,0 +1,247 @@
+"""The web password: a memory-hard hash on disk, and the first-run setup code.
+
+The hash is ``hashlib.scrypt`` (stdlib, memory-hard: 16 MiB per guess), so a stolen SD
+card does not give the password away cheaply. The file lives in ``gateway.state_dir``,
+written atomically with mode 0600, and is shared by the daemon and ``village-gateway
+set-password``: the daemon notices a change (size, mtime, inode) on the next request and
+drops every session.
+
+Until a password exists, nobody can claim the device by reaching it first: control needs
+a one-time setup code that only the person with the log (journal) can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.log import get_logger
+from gateway.web.ratelimit import LoginLimiter
+from gateway.web.sessions import SessionStore
+
+__all__ = [
+    "MAX_PASSWORD_CHARS",
+    "MIN_PASSWORD_CHARS",
+    "PASSWORD_FILE",
+    "Access",
+    "PasswordError",
+    "PasswordFile",
+    "check_new_password",
+    "hash_password",
+    "new_setup_code",
+    "verify_password",
+]
+
+_log = get_logger("web")
+
+PASSWORD_FILE = "web_password"  # noqa: S105 - a file name, not a password
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_CHARS = 1024
+"""Bounds the work one login can cause; nobody types more."""
+
+_N, _R, _P = 2**14, 8, 1
+"""scrypt cost: 128 * r * n bytes = 16 MiB of memory per hash, ~0.1 s on a Pi 4."""
+_SCHEME = "scrypt"
+_SETUP_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+"""No 0/O or 1/I: the code is read off a journal and typed on a phone."""
+
+
+class PasswordError(ValueError):
+    """A new password that is refused (too short, too long)."""
+
+
+def check_new_password(password: str) -> None:
+    """Refuse a password that is too short or absurdly long, with a message that says so."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise PasswordError(f"the password needs at least {MIN_PASSWORD_CHARS} characters")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise PasswordError(f"the password may have at most {MAX_PASSWORD_CHARS} characters")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=256 * 1024 * 1024, dklen=32
+    )
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$n$r$p$salt$hash``: the parameters travel with the hash so they can grow."""
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(password, salt, _N, _R, _P)
+    return f"{_SCHEME}${_N}${_R}${_P}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """True when ``password`` matches; a malformed hash never matches."""
+    if len(password) > MAX_PASSWORD_CHARS:
+        return False
+    try:
+        scheme, n, r, p, salt, digest = encoded.strip().split("$")
+        if scheme != _SCHEME:
+            return False
+        expected = base64.b64decode(digest, validate=True)
+        actual = _scrypt(password, base64.b64decode(salt, validate=True), int(n), int(r), int(p))
+    except ValueError:
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def new_setup_code() -> str:
+    """A one-time code like ``K7QM-2XPA-9DHT`` (60 bits), easy to copy from a journal."""
+    chars = "".join(secrets.choice(_SETUP_ALPHABET) for _ in range(12))
+    return f"{chars[0:4]}-{chars[4:8]}-{chars[8:12]}"
+
+
+def normalise_code(code: str) -> str:
+    """What the person typed, without case, spaces and dashes."""
+    return "".join(c for c in code.upper() if c.isalnum())
+
+
+@dataclass(frozen=True, slots=True)
+class _Stamp:
+    """What tells us the file changed under us: set-password ran, or it was deleted."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+class PasswordFile:
+    """The password hash under ``state_dir``: read, written atomically 0600, watched."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / PASSWORD_FILE
+
+    def read(self) -> str | None:
+        """The stored hash, or None when no password was set yet."""
+        try:
+            text = self.path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            _log.error("web.password_file_unreadable", path=str(self.path), error=str(exc))
+            return None
+        return text or None
+
+    def stamp(self) -> _Stamp | None:
+        """Identity of the file right now (None when absent): compared on each request."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return _Stamp(st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def write(self, password: str) -> None:
+        """Hash and store ``password``: temp file 0600, fsync, rename, fsync the folder."""
+        check_new_password(password)
+        encoded = hash_password(password)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # an older temp file may have had another mode
+            os.write(fd, f"{encoded}\n".encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(self.path)
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+class Access:
+    """Who may do what: the password, the setup code, the sessions and the login limit.
+
+    :meth:`refresh` runs on every request: if the password file changed behind our back
+    (``village-gateway set-password``, or it was deleted), every session ends.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        ttl_s: float,
+        idle_s: float,
+        max_attempts: int,
+        lockout_s: float,
+        max_lockout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.passwords = PasswordFile(state_dir)
+        self.sessions = SessionStore(ttl_s=ttl_s, idle_s=idle_s, clock=clock)
+        self.limiter = LoginLimiter(
+            max_attempts=max_attempts,
+            lockout_s=lockout_s,
+            max_lockout_s=max_lockout_s,
+            clock=clock,
+        )
+        self._stamp = self.passwords.stamp()
+        self._hash = self.passwords.read()
+        self._setup_code: str | None = None
+
+    @property
+    def setup_required(self) -> bool:
+        """No password yet: control is locked until the setup code is used."""
+        return self._hash is None
+
+    def ensure_setup_code(self) -> None:
+        """Without a password, make a one-time code and print it to the log (journal)."""
+        if self._hash is None and self._setup_code is None:
+            self._setup_code = new_setup_code()
+            _log.warning(
+                "web.setup_code",
+                code=self._setup_code,
+                hint="open the web page and enter this code to set the password, "
+                "or run `village-gateway set-password`",
+            )
+
+    def refresh(self) -> None:
+        """Notice a password changed outside this process; then nobody stays logged in."""
+        stamp = self.passwords.stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        self._hash = self.passwords.read()
+        ended = self.sessions.revoke_all()
+        _log.warning("web.password_file_changed", sessions_ended=ended, set=self._hash is not None)
+        if self._hash is None:
+            self.ensure_setup_code()
+        else:
+            self._setup_code = None
+
+    def setup_code_ok(self, code: str) -> bool:
+        """The one-time code matches (constant time, case and dashes ignored)."""
+        if self._setup_code is None:
+            return False
+        expected = normalise_code(self._setup_code).encode()
+        return hmac.compare_digest(normalise_code(code).encode(), expected)
+
+    async def password_ok(self, password: str) -> bool:
+        """Check a password (scrypt runs in a thread: ~0.1 s that must not stop the loop)."""
+        encoded = self._hash
+        if encoded is None:
+            return False
+        return await asyncio.to_thread(verify_password, password, encoded)
+
+    async def set_password(self, password: str) -> None:
+        """Store a new password (raises PasswordError) and end every session."""
+        await asyncio.to_thread(self.passwords.write, password)
+        self._hash = self.passwords.read()
+        self._stamp = self.passwords.stamp()
+        self._setup_code = None
+        self.sessions.revoke_all()
