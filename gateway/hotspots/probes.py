@@ -215,7 +215,9 @@ async def probe_icmp(
     except _PROBE_ERRORS as exc:
         return _failed("icmp", host, _why(exc))
     rtts = tuple(float(rtt) for rtt in host_result.rtts)
-    loss = float(host_result.packet_loss) * 100
+    # Against the burst we meant to send, not icmplib's count of sends that worked: an
+    # echo request the kernel refused to send (a firewall, no route) is lost all the same.
+    loss = 100 * (count - len(rtts)) / count
     if not rtts:
         return _failed("icmp", host, "timeout", loss_pct=loss)
     return ProbeResult(
