@@ -161,6 +161,9 @@ class App:
             default_ttl_s=settings.commands.default_ttl_s,
             max_bytes=settings.commands.max_bytes,
             hmac_key=_read_key(settings.commands.hmac_key_file),
+            rate_per_s=settings.commands.max_per_s,
+            burst=settings.commands.burst,
+            on_mqtt_reply=self._send_reply_early,
         )
         self.link = Link(
             settings,
@@ -206,6 +209,10 @@ class App:
         seq = await self.outbox.append(stream, record, urgent=urgent)
         if stream == "events":
             self.web.event(record, seq)
+
+    def _send_reply_early(self, reply: dict[str, Any]) -> None:
+        if self.link is not None:
+            self.link.send_reply_early(reply)
 
     def handled_types(self) -> list[str]:
         """The command types this gateway runs (others answer ``not_available``)."""

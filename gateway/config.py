@@ -408,6 +408,8 @@ class CommandsSection(_Section):
     default_ttl_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
     max_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     hmac_key_file: Path | None = None
+    max_per_s: float = Field(default=20.0, gt=0, le=100_000)
+    burst: int = Field(default=100, ge=1, le=100_000)
 
 
 class Settings(BaseSettings):

@@ -118,6 +118,13 @@ def full_jitter(failures: int, *, cap_s: float, rng: random.Random) -> float:
     return max(0.5, rng.uniform(0, min(cap_s, 2.0**failures)))
 
 
+BATCH_LINGER_S = 0.05
+"""After an idle spell, how long events, telemetry and logs wait to gather a batch."""
+
+_EARLY_REPLIES_MAX = 1000
+"""Replies sent early whose committed copy the reply loop has not reached yet (a bound)."""
+
+
 class Link(Component):
     """The daemon's MQTT session; restartable, never fatal to the rest."""
 
@@ -148,6 +155,58 @@ class Link(Component):
         self.stats = LinkStats()
         self._sent_upto: dict[Stream, int] = dict.fromkeys(DELIVERY_ORDER, 0)
         self._client: aiomqtt.Client | None = None
+        self._early_replies: dict[str, asyncio.Future[bool]] = {}
+        self._early_tasks: set[asyncio.Task[None]] = set()
+
+    def send_reply_early(self, reply: dict[str, Any]) -> None:
+        """Publish ``reply`` now, beside (not after) its durable copy in the outbox.
+
+        The commune waits for each reply, and the outbox's fsync is most of a command's
+        round trip. So while connected the reply goes out at once; the reply loop, which
+        reads the committed copy later, publishes it only if this early send failed.
+        A crash in between can at worst send a reply twice (QoS 1 already allows that;
+        the commune drops repeats by ``id``); it never loses one.
+        """
+        client = self._client
+        reply_id = reply.get("id")
+        if (
+            client is None
+            or not isinstance(reply_id, str)
+            or reply_id in self._early_replies
+            or len(self._early_replies) >= _EARLY_REPLIES_MAX
+        ):
+            return
+        sent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._early_replies[reply_id] = sent
+        body = json.dumps(reply, ensure_ascii=False).encode()
+        task = asyncio.create_task(self._publish_early(client, body, sent))
+        self._early_tasks.add(task)
+        task.add_done_callback(self._early_tasks.discard)
+
+    async def _publish_early(
+        self, client: aiomqtt.Client, body: bytes, sent: asyncio.Future[bool]
+    ) -> None:
+        try:
+            await client.publish(self.topics.reply, body, qos=1, timeout=30)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            _log.info("link.early_reply_failed", reason=describe_error(exc))
+            sent.set_result(False)
+        except BaseException:
+            sent.set_result(False)
+            raise
+        else:
+            sent.set_result(True)
+
+    async def _sent_early(self, body: str) -> bool:
+        """True when this committed reply already went out through :meth:`send_reply_early`."""
+        if not self._early_replies:
+            return False
+        try:
+            reply_id = json.loads(body).get("id")
+        except (ValueError, AttributeError):
+            return False
+        sent = self._early_replies.pop(reply_id, None) if isinstance(reply_id, str) else None
+        return sent is not None and await sent
 
     def summary(self) -> str:
         """For systemd's STATUS line."""
@@ -317,6 +376,11 @@ class Link(Component):
             batch = await self._next_batch(streams, cursor)
             if batch is None:
                 await self._outbox.wait_for_records(version, 1.0)
+                if bucket is not None and self._outbox.version != version:
+                    # Events come in small bursts (a command's event, a relay's switch):
+                    # wait a moment so they leave as one message, and a reply is not
+                    # queued behind them on the socket.
+                    await asyncio.sleep(BATCH_LINGER_S)
                 continue
             stream = batch.stream
             cursor[stream] = batch.last_seq
@@ -346,6 +410,11 @@ class Link(Component):
     ) -> None:
         try:
             if batch.stream == "replies":
+                if await self._sent_early(batch.bodies[0]):
+                    self._outbox.acknowledge(batch)
+                    self.stats.published_batches += 1
+                    self.stats.published_records += 1
+                    return
                 topic, payload = self.topics.reply, batch.bodies[0].encode()
             else:
                 topic = getattr(self.topics, batch.stream)

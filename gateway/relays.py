@@ -188,6 +188,9 @@ class _Relay:
     revert_mode: Mode = "schedule"
     last_switch: float | None = None
     on_since: float | None = None
+    """Monotonic time the line went on (for ``max_on_s``)."""
+    on_since_wall: float | None = None
+    """The same instant on the wall clock: persisted, so ``max_on_s`` outlives a restart."""
 
     def cancel_timer(self) -> None:
         self.until = None
@@ -255,6 +258,7 @@ class RelayBank(Component):
         try:
             for name, config in self._configs.items():
                 relay = self._initial(name, config, saved.get(name), now)
+                self._carry_on_time(relay, saved.get(name), now)
                 _install_blip_guard(factory, config.pin)
                 relay.device = DigitalOutputDevice(
                     config.pin,
@@ -263,8 +267,6 @@ class RelayBank(Component):
                     pin_factory=factory,
                 )
                 built.append(relay.device)
-                if relay.on:
-                    relay.on_since = now
                 self._relays[name] = relay
         except GPIOZeroError as exc:
             for device in built:
@@ -453,6 +455,33 @@ class RelayBank(Component):
             relay.changed_at = self._wall()
         return relay
 
+    def _carry_on_time(self, relay: _Relay, saved: object, now: float) -> None:
+        """Count ``max_on_s`` from when the line really went on, also before a restart.
+
+        Without this, an amplifier switched on at 21:00 with ``max_on_s = 7200`` would get
+        a fresh two hours after every power cut. A relay whose time ran out while the
+        daemon was down starts off instead of pulsing on and off again.
+        """
+        if not relay.on:
+            return
+        wall = self._wall()
+        started = saved.get("on_since") if isinstance(saved, dict) else None
+        was_on = isinstance(saved, dict) and saved.get("on") is True
+        if not was_on or not isinstance(started, int | float) or isinstance(started, bool):
+            started = wall
+        # A clock that jumped back must not make the relay's time longer than it was.
+        elapsed = min(max(0.0, wall - float(started)), 366 * 86400.0)
+        max_on = relay.config.max_on_s
+        if max_on is not None and elapsed + _EPSILON_S >= max_on:
+            relay.on = relay.wanted = False
+            relay.mode = "manual"
+            relay.source = "max_on"
+            relay.cancel_timer()
+            _log.warning("relay.max_on_at_start", relay=relay.name, on_for_s=round(elapsed))
+            return
+        relay.on_since = now - elapsed
+        relay.on_since_wall = wall - elapsed
+
     def _get(self, name: str) -> _Relay:
         relay = self._relays.get(name)
         if relay is None:
@@ -509,6 +538,7 @@ class RelayBank(Component):
         relay.last_switch = now
         relay.on_since = now if on else None
         relay.changed_at = self._wall()
+        relay.on_since_wall = relay.changed_at if on else None
         event = {
             "type": "relay.switched",
             "relay": relay.name,
@@ -600,6 +630,7 @@ class RelayBank(Component):
                 "until": r.until,
                 "revert_to": r.revert_to,
                 "revert_mode": r.revert_mode,
+                "on_since": r.on_since_wall,
             }
             for name, r in self._relays.items()
         }

@@ -119,6 +119,27 @@ async def test_bad_payloads_over_mqtt_get_their_replies(
     assert daemon.stop()[0] == 0
 
 
+async def test_each_command_gets_exactly_one_reply(
+    broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon]
+) -> None:
+    """Replies leave at once and their outbox copies are not published again: 50 commands
+    in a row get 50 replies, one per id."""
+    daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
+    async with (
+        subscriber(broker, f"vg/v1/{gateway}/reply") as seen,
+        aiomqtt.Client(broker.host, broker.port) as commune,
+    ):
+        await asyncio.sleep(0.5)
+        for n in range(50):
+            body = {"id": f"one-{n}", "type": "system.ping", "args": {}}
+            await commune.publish(f"vg/v1/{gateway}/cmd", json.dumps(body).encode(), qos=1)
+        await wait_for(lambda: len(seen.on("/reply")) >= 50, 20)
+        await asyncio.sleep(2)  # time for any second copy to show up
+    ids = [r["id"] for r in seen.on("/reply")]
+    assert sorted(ids) == sorted(f"one-{n}" for n in range(50))
+    assert daemon.stop()[0] == 0
+
+
 async def test_group_command_reaches_every_gateway(
     broker: Broker, tmp_path: Path, start_daemon: Callable[..., Daemon]
 ) -> None:

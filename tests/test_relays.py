@@ -351,6 +351,40 @@ async def test_max_on_switches_off(rig: Rig) -> None:
     assert amp["mode"] == "manual"
 
 
+async def test_max_on_counts_time_before_a_restart(rig: Rig) -> None:
+    """max_on_s counts from when the line went on, not from the last start: a restart
+    half-way keeps only the half that is left, and one after the time ran out starts
+    off (no pulse on) instead of granting a fresh max_on_s."""
+    now = [1_800_000_000.0]
+    config = {"amp": relay(17, power_on="restore", max_on_s=7200)}
+    first = rig.bank(config, wall=lambda: now[0])
+    await first.set("amp", True, source="operator")
+    first.close(shutdown=False)
+
+    now[0] += 7199.7  # restarted 0.3 s before its time runs out
+    second = rig.bank(config, wall=lambda: now[0])
+    assert second.snapshot()["relays"]["amp"]["on"] is True
+    rig.start(second)
+    await wait_for(lambda: second.snapshot()["relays"]["amp"]["on"] is False)
+    assert second.snapshot()["relays"]["amp"]["source"] == "max_on"
+    await rig.close()
+    rig.banks.clear()
+    rig.tasks.clear()
+
+    now[0] = 1_800_000_000.0
+    third = rig.bank(config, wall=lambda: now[0])
+    await third.set("amp", True, source="operator")
+    third.close(shutdown=False)
+    levels_before = len(rig.pin(17).output_levels())
+    now[0] += 3 * 3600  # the power was out longer than max_on_s
+    fourth = rig.bank(config, wall=lambda: now[0])
+    amp = fourth.snapshot()["relays"]["amp"]
+    assert amp["on"] is False
+    assert amp["source"] == "max_on"
+    # Active-low board: the line never went low (on) during that start.
+    assert False not in rig.pin(17).output_levels()[levels_before:]
+
+
 async def test_bad_commands_raise_keyed_errors(rig: Rig) -> None:
     """An unknown relay is ``unknown_target``; a for_s outside (0, 86400] is ``bad_args``;
     neither switches anything."""
