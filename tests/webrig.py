@@ -82,9 +82,8 @@ class Rig:
             kwargs["json"] = body
         return await self.client.post(path, headers=headers, **kwargs)
 
-    async def setup(self, password: str = PASSWORD) -> ClientResponse:
-        """First run: the setup code the server logged, then a password."""
-        code = self.server.access._setup_code
+    async def setup(self, code: str, password: str = PASSWORD) -> ClientResponse:
+        """First run: the setup code from the log, then a password."""
         response = await self.post("/api/v1/setup", {"code": code, "password": password})
         if response.status == 200:
             self.csrf = (await response.json())["csrf"]

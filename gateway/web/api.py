@@ -312,8 +312,9 @@ class Api:
         """The live feed: hello with the whole state, then changes, events and logs."""
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
         await ws.prepare(request)
-        logged_in = request.get(SESSION) is not None
-        await self._hub.serve(ws, {"kind": "hello", "state": self.state_body()}, logs=logged_in)
+        current = request.get(SESSION)
+        key = current.key if current is not None else None
+        await self._hub.serve(ws, {"kind": "hello", "state": self.state_body()}, session=key)
         return ws
 
     # -- clips ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,8 @@ class EventRing:
 class _Page:
     """One connected WebSocket and what is waiting to be sent to it."""
 
-    logs: bool
+    session: str | None
+    """The key of the session it was opened with; None for a public status viewer."""
     queue: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     overflowed: bool = False
 
@@ -95,6 +96,8 @@ class LiveHub:
         self._state = state
         self.ring = ring or EventRing()
         self._pages: set[_Page] = set()
+        self.session_alive: Callable[[str], bool] = lambda key: True
+        """Whether a page's session still holds (set by the server to the session store)."""
         self.dropped = 0
         """Pages disconnected for being too slow (for /metrics)."""
 
@@ -115,8 +118,14 @@ class LiveHub:
 
     def _fan_out(self, text: str, *, logs_only: bool) -> None:
         for page in self._pages:
-            if page.logs or not logs_only:
+            if page.session is not None or not logs_only:
                 page.offer(text)
+
+    def recheck(self) -> None:
+        """Hang up on pages whose session ended (logout, password change)."""
+        for page in self._pages:
+            if page.session is not None and not self.session_alive(page.session):
+                page.queue.put_nowait(None)
 
     async def watch_state(self) -> None:
         """Forever: push each component whose snapshot changed (latest only)."""
@@ -131,21 +140,21 @@ class LiveHub:
             seen = versions
 
     async def serve(
-        self, ws: web.WebSocketResponse, hello: Mapping[str, Any], *, logs: bool
+        self, ws: web.WebSocketResponse, hello: Mapping[str, Any], *, session: str | None
     ) -> None:
         """Run one page's connection: hello first, then everything queued, until it goes.
 
         The page is registered before ``hello`` is sent, so no change between the two is
-        lost (at worst a snapshot arrives twice).
+        lost (at worst a snapshot arrives twice). Log lines go only to logged-in pages.
         """
-        page = _Page(logs=logs)
+        page = _Page(session)
         self._pages.add(page)
         reader = asyncio.create_task(self._read_until_closed(ws, page), name="web.ws.reader")
         try:
             await ws.send_str(encode({**hello, "last_seq": self.ring.last_seq}))
             while True:
                 text = await page.queue.get()
-                if text is None:
+                if text is None or (session is not None and not self.session_alive(session)):
                     break
                 await ws.send_str(text)
         except (ConnectionError, RuntimeError):

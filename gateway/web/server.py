@@ -142,6 +142,8 @@ class WebServer:
             clock=clock,
         )
         self.live = LiveHub(state)
+        self.live.session_alive = self.access.sessions.alive
+        self.access.sessions.on_revoke = self.live.recheck
         self.api = Api(
             settings=settings,
             access=self.access,
@@ -302,13 +304,13 @@ class WebServer:
     async def _static(self, request: web.Request) -> web.StreamResponse:
         """A file under static/, by a path of plain names: no dot-segments, no links out."""
         parts = request.match_info["path"].split("/")
-        if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p for p in parts):
+        if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
             raise web.HTTPNotFound
         path = STATIC_DIR.joinpath(*parts)
         content_type = _TYPES.get(path.suffix.lower())
         try:
             resolved = path.resolve(strict=True)
-        except OSError:
+        except (OSError, ValueError):
             raise web.HTTPNotFound from None
         if content_type is None or not resolved.is_file() or STATIC_DIR not in resolved.parents:
             raise web.HTTPNotFound

@@ -52,6 +52,8 @@ class SessionStore:
         self._idle_s = idle_s
         self._clock = clock
         self._sessions: dict[str, Session] = {}
+        self.on_revoke: Callable[[], None] = lambda: None
+        """Called after sessions ended on purpose (the live feed closes their pages)."""
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -81,13 +83,24 @@ class SessionStore:
         session.last_seen = now
         return session
 
+    def alive(self, key: str) -> bool:
+        """The session (by key) still exists and is within its absolute lifetime.
+
+        An open WebSocket asks this before each message: a page logged out, or left
+        open past its lifetime, stops receiving.
+        """
+        session = self._sessions.get(key)
+        return session is not None and self._clock() - session.created < self._ttl_s
+
     def revoke(self, session: Session) -> None:
         """End one session (logout)."""
         self._sessions.pop(session.key, None)
+        self.on_revoke()
 
     def revoke_all(self, keep: Session | None = None) -> int:
         """End every session but ``keep``; returns how many ended."""
         ended = [key for key in self._sessions if keep is None or key != keep.key]
         for key in ended:
             del self._sessions[key]
+        self.on_revoke()
         return len(ended)
