@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sys
 
-from bench import bench_commands, bench_http, bench_log, bench_uplink
+from bench import bench_commands, bench_hotspots, bench_http, bench_log, bench_uplink
 from gateway.log import configure_logging
 
 
@@ -25,6 +25,7 @@ def main() -> None:
     for line in asyncio.run(bench_uplink.run()):
         print(line, flush=True)
     print(asyncio.run(bench_commands.run()), flush=True)
+    print(asyncio.run(bench_hotspots.run()), flush=True)
 
 
 if __name__ == "__main__":

@@ -438,55 +438,83 @@ async def test_unknown_not_down_while_the_uplink_is_down(
 # -- the component ----------------------------------------------------------------------
 
 
-async def test_a_hanging_target_does_not_delay_the_others(
-    hanging_port: int, listening_port: int
-) -> None:
+async def test_a_hanging_target_does_not_delay_the_others(hanging_port: int) -> None:
     """One access point whose web page hangs for a second; another that answers at once.
 
-    Running the real loops for about a second, the quick one keeps its 0.1 s rhythm
-    (timestamps of its cycles, read from the published snapshots) while the slow one
-    has not finished its first cycle yet.
+    Running the real loops for about a second, the quick one keeps its 0.1 s rhythm —
+    the timestamps of its probes' connections, taken by its own server — while the slow
+    one has not finished its first cycle yet.
     """
-    monitor, state, _ = _monitor(
+    stamps: list[float] = []
+
+    async def stamp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stamps.append(time.monotonic())
+        writer.close()
+
+    quick_server = await asyncio.start_server(stamp, LOOPBACK, 0)
+    quick_port = int(quick_server.sockets[0].getsockname()[1])
+    monitor, _, _ = _monitor(
         {
             "slow": _hotspot(
                 HttpProbe(kind="http", url=f"http://{LOOPBACK}:{hanging_port}/", timeout_s=1),
                 interval_s=2,
             ),
             "quick": _hotspot(
-                TcpProbe(kind="tcp", port=listening_port, timeout_s=0.05), interval_s=0.1
+                TcpProbe(kind="tcp", port=quick_port, timeout_s=0.05), interval_s=0.1
             ),
         },
         permission=IcmpPermission(permitted=True, detail="not used"),
     )
-    stamps: list[float] = []
-    seen_cycles = 0
-
-    async def watch() -> None:
-        nonlocal seen_cycles
-        versions: dict[str, int] = {}
-        while True:
-            versions = await state.wait_changed(versions)
-            snapshot = state.snapshot("hotspots")
-            assert snapshot is not None
-            cycles = snapshot["hotspots"]["quick"]["cycles"]
-            if cycles > seen_cycles:
-                seen_cycles = cycles
-                stamps.append(time.monotonic())
-
     health = Health("hotspots", critical=False, heartbeat_timeout_s=None)
-    async with asyncio.TaskGroup() as group:
-        watcher = group.create_task(watch())
-        runner = group.create_task(monitor.run(health))
-        await asyncio.sleep(0.85)
-        snapshot = state.snapshot("hotspots")
-        runner.cancel()
-        watcher.cancel()
-    assert snapshot is not None
+    try:
+        async with asyncio.TaskGroup() as group:
+            runner = group.create_task(monitor.run(health))
+            await asyncio.sleep(0.85)
+            snapshot = monitor.snapshot()
+            runner.cancel()
+    finally:
+        quick_server.close()
+        await quick_server.wait_closed()
     assert snapshot["hotspots"]["slow"]["cycles"] == 0
+    assert snapshot["hotspots"]["quick"]["cycles"] >= 7
     assert len(stamps) >= 7
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert max(gaps) < 0.25, gaps
+
+
+async def test_quiet_cycles_are_published_at_most_once_a_second(listening_port: int) -> None:
+    """With many hotspots on short intervals, the retained snapshot is refreshed about
+    once a second rather than once per cycle (a transition still goes out at once), so
+    MQTT and the web page are not flooded; the refreshed snapshot is current."""
+    monitor, state, _ = _monitor(
+        {
+            f"ap{i}": _hotspot(
+                TcpProbe(kind="tcp", port=listening_port, timeout_s=0.05), interval_s=0.1
+            )
+            for i in range(5)
+        },
+        permission=IcmpPermission(permitted=True, detail="not used"),
+    )
+    publishes = 0
+
+    async def count() -> None:
+        nonlocal publishes
+        versions: dict[str, int] = {}
+        while True:
+            versions = await state.wait_changed(versions)
+            publishes += 1
+
+    health = Health("hotspots", critical=False, heartbeat_timeout_s=None)
+    async with asyncio.TaskGroup() as group:
+        counter = group.create_task(count())
+        runner = group.create_task(monitor.run(health))
+        await asyncio.sleep(2.5)
+        runner.cancel()
+        counter.cancel()
+    cycles = sum(h["cycles"] for h in monitor.snapshot()["hotspots"].values())
+    assert cycles >= 50  # 5 hotspots x 10 cycles a second, with room for a busy machine
+    # the first snapshot, one per "up" transition (5), and about one refresh a second
+    assert publishes <= 1 + 5 + 4, publishes
 
 
 async def test_snapshot_shape_summary_and_probe_now(

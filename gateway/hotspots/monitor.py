@@ -50,6 +50,10 @@ __all__ = ["FALLBACK_TCP_PORT", "HotspotMonitor"]
 FALLBACK_TCP_PORT = 80
 """Where a TCP probe knocks in place of a ping that is not permitted."""
 MAX_CONCURRENT_CYCLES = 16
+PUBLISH_EVERY_S = 1.0
+"""Quiet cycles (no transition) refresh ``state/hotspots`` at most this often: with 50
+hotspots on a 1 s interval, a snapshot per cycle would be 50 full snapshots a second
+on MQTT and the WebSocket. Transitions, ``check`` and ``probe_now`` publish at once."""
 UPLINK_FAIL_THRESHOLD = 3
 UPLINK_RECOVER_THRESHOLD = 2
 
@@ -109,6 +113,8 @@ class HotspotMonitor(Component):
         self._icmp_announced = False
         self._session: aiohttp.ClientSession | None = None
         self._last_published: dict[str, Any] | None = None
+        self._stale = False
+        """A quiet cycle ran since the last publish."""
         started = wall()
         self._hotspots = {
             name: self._target(
@@ -180,6 +186,7 @@ class HotspotMonitor(Component):
                         group.create_task(self._loop(self._uplink))
                     for target in self._hotspots.values():
                         group.create_task(self._loop(target))
+                    group.create_task(self._refresh())
                     while True:
                         health.beat()
                         await asyncio.sleep(min(30.0, self.heartbeat_timeout_s / 4))
@@ -255,14 +262,20 @@ class HotspotMonitor(Component):
     async def _loop(self, target: _Target) -> None:
         next_at = self._clock()
         while True:
-            await self._check(target)
+            await self._check(target, publish=False)
             next_at += target.interval_s
             delay = next_at - self._clock()
             if delay < 0:  # a cycle overran its interval: start again now, do not burst
                 next_at, delay = self._clock(), 0.0
             await asyncio.sleep(delay)
 
-    async def _check(self, target: _Target) -> None:
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(PUBLISH_EVERY_S)
+            if self._stale:
+                await self._publish()
+
+    async def _check(self, target: _Target, *, publish: bool = True) -> None:
         async with target.lock, self._semaphore:
             if target.ubus is None:
                 pairs = await self._run_probes(target)
@@ -284,7 +297,10 @@ class HotspotMonitor(Component):
             transition = target.health.feed(outcome)
         if transition is not None:
             await self._announce(target, transition)
-        await self._publish()
+        if publish or transition is not None:
+            await self._publish()
+        else:
+            self._stale = True
 
     async def _run_probes(self, target: _Target) -> list[tuple[AnyProbe, ProbeResult]]:
         probes = list(target.probes)
@@ -361,6 +377,7 @@ class HotspotMonitor(Component):
         )
 
     async def _publish(self) -> None:
+        self._stale = False
         snapshot = self.snapshot()
         if snapshot != self._last_published:
             self._last_published = snapshot
