@@ -1,0 +1,274 @@
+"""Playwright helpers for the web UI tests: Debian's Chromium, a phone-sized page, a real
+daemon with a real broker, and a hotspot the test can switch off.
+
+``playwright install`` cannot download browsers on this closed network, so the tests
+drive ``/usr/bin/chromium`` (the Debian package ``make test`` installs). Without the
+background-networking flags Chromium keeps dialling out, and those connections are
+refused here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, sync_playwright
+
+from tests.conftest import REPO, Broker, Daemon, clean_env, free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PHONE: ViewportSize = {"width": 390, "height": 844}
+SCREENSHOTS = REPO / "build" / "screenshots"
+XSS_LABEL = "<img src=x onerror=alert(1)>"
+"""A relay label that must render as text, never as an element."""
+
+
+def launch() -> Iterator[Browser]:
+    """Headless Debian Chromium; the tests skip (with the reason) when it is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium; `make test`)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@dataclass
+class PhonePage:
+    """A page at phone size that records console errors and CSP violations."""
+
+    page: Page
+    errors: list[str] = field(default_factory=list)
+
+    def shot(self, name: str) -> Path:
+        """Save a full-page screenshot under build/screenshots/ for review."""
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+def phone_page(browser: Browser, base_url: str) -> PhonePage:
+    """A fresh browser context (own cookies and localStorage) at 390x844."""
+    context = browser.new_context(
+        viewport=PHONE,
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+        locale="vi-VN",
+        base_url=base_url,
+    )
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    phone = PhonePage(page)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            phone.errors.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: phone.errors.append(f"pageerror: {error}"))
+    return phone
+
+
+class HotspotServer:
+    """A tiny HTTP server on 127.0.0.1 standing in for a wifi access point's admin page.
+
+    It runs its own event loop in a thread so the synchronous Playwright tests can stop
+    it (an outage) and start it again on the same port.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """What the hotspot's http probe fetches."""
+        return f"http://127.0.0.1:{self.port}/"
+
+    async def _start(self) -> None:
+        async def index(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_get("/", index)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def start(self) -> None:
+        """Start answering (again)."""
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+
+    def stop(self) -> None:
+        """Stop answering: the port refuses connections, as a dead access point would."""
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+
+    def close(self) -> None:
+        """Stop and end the thread."""
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+CONFIG = """\
+[gateway]
+id = "test.webui"
+name = "Nhà văn hóa thôn Thử"
+groups = ["commune.test"]
+timezone = "Asia/Ho_Chi_Minh"
+latitude = 18.25
+longitude = 106.05
+state_dir = "{state_dir}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+
+[relays.yard]
+pin = 17
+label = "Đèn sân"
+power_on = "off"
+
+[relays.road]
+pin = 27
+label = {xss_label}
+power_on = "off"
+
+[relays.amplifier]
+pin = 22
+label = "Nguồn amply"
+
+[pa]
+backend = "null"
+amp_relay = "amplifier"
+amp_warmup_s = 0
+
+[hotspots.hall]
+host = "127.0.0.1"
+label = "Wifi nhà văn hóa"
+interval_s = 1
+fail_threshold = 2
+recover_threshold = 1
+probes = [{{ kind = "http", url = "{hotspot_url}", timeout_s = 0.5 }}]
+
+[web]
+host = "127.0.0.1"
+port = {web_port}
+
+[schedules]
+relays = [{{ relay = "yard", on = "sunset+10m", off = "22:30" }}]
+
+[log]
+level = "INFO"
+format = "json"
+"""
+
+
+@dataclass
+class WebRig:
+    """The daemon under test with its broker, hotspot stand-in and log."""
+
+    daemon: Daemon
+    hotspot: HotspotServer
+    state_dir: Path
+
+    @property
+    def url(self) -> str:
+        """Base URL of the web UI."""
+        return self.daemon.url
+
+    def setup_code(self, within_s: float = 20.0) -> str:
+        """The one-time code the daemon logged as ``web.setup_code``."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            for line in self.daemon.log_lines():
+                if line.get("event") == "web.setup_code" and line.get("code"):
+                    return str(line["code"])
+            time.sleep(0.1)
+        pytest.fail(f"no web.setup_code in the log:\n{self.daemon.output()}")
+
+
+def start_rig(workdir: Path, broker: Broker) -> Iterator[WebRig]:
+    """Start the daemon on free ports with a fresh state dir; kill it at the end."""
+    hotspot = HotspotServer()
+    hotspot.start()
+    web_port = free_port()
+    state_dir = workdir / "state"
+    config = workdir / "config.toml"
+    config.write_text(
+        CONFIG.format(
+            state_dir=state_dir,
+            mqtt_port=broker.port,
+            web_port=web_port,
+            hotspot_url=hotspot.url,
+            xss_label=json.dumps(XSS_LABEL),
+        ),
+        encoding="utf-8",
+    )
+    output_path = workdir / "daemon.log"
+    with output_path.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+            text=True,
+            cwd=workdir,
+        )
+    daemon = Daemon(process, web_port, output_path)
+    try:
+        daemon.wait_healthy(within_s=30)
+        yield WebRig(daemon, hotspot, state_dir)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        hotspot.close()
+
+
+def wait_until(predicate: Callable[[], Any], within_s: float = 20.0, what: str = "") -> Any:
+    """Poll a plain-Python condition (e.g. the daemon's published state)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"not reached within {within_s} s: {what}")
