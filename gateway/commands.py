@@ -336,6 +336,7 @@ class Dispatcher:
         self._rate = _RateLimit(rate_per_s, burst)
         self._wall = wall
         self._on_mqtt_reply = on_mqtt_reply
+        self._turn = asyncio.Lock()
 
     def close(self) -> None:
         """Close the id store."""
@@ -345,12 +346,16 @@ class Dispatcher:
         """Run one command from ``source``; always returns its one final Reply."""
         started = time.monotonic()
         command_type: str | None = None
-        try:
-            command, args = self._parse(payload, source)
-            command_type = command.type
-            reply = await self._run(command, args, source)
-        except CommandError as exc:
-            reply = Reply(exc.command_id, "rejected", None, exc.key, str(exc))
+        # One command runs at a time, in the order they arrived (the lock is fair), from
+        # every source; storing the event and reply happens after the turn is passed on,
+        # so the fsync of one command does not hold up the next.
+        async with self._turn:
+            try:
+                command, args = self._parse(payload, source)
+                command_type = command.type
+                reply = await self._run(command, args, source)
+            except CommandError as exc:
+                reply = Reply(exc.command_id, "rejected", None, exc.key, str(exc))
         await self._log(reply, command_type, source, time.monotonic() - started)
         return reply
 

@@ -6,10 +6,16 @@ Two rules the Dispatcher cannot know about, because they concern MQTT itself:
   reconnect and switch the relay each time.
 - A group command for a group this gateway is not in is ignored (it can arrive through
   a wide subscription or a misconfigured bridge); the commune gets no reply from us.
+
+Each accepted command is dispatched in a task of its own, so the link reads the next
+message while the last one's event and reply are being stored; the Dispatcher still runs
+commands one at a time, in order. At most ``MAX_PENDING`` are in flight: beyond that the
+link stops reading (and the broker holds the rest).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from gateway.commands import Dispatcher
@@ -20,6 +26,9 @@ __all__ = ["Downlink"]
 
 _log = get_logger("downlink")
 
+MAX_PENDING = 32
+"""Commands dispatched but not yet stored, before the link waits."""
+
 
 class Downlink:
     """The link's command handler: filters, then dispatches with source ``mqtt``."""
@@ -28,6 +37,8 @@ class Downlink:
         self._dispatcher = dispatcher
         self._own = topics.cmd
         self._groups = {topics.group_cmd(group) for group in groups}
+        self._slots = asyncio.Semaphore(MAX_PENDING)
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def __call__(self, topic: str, payload: bytes, retained: bool) -> None:
         """Handle one message from ``P/ID/cmd`` or ``P/group/G/cmd``."""
@@ -43,4 +54,13 @@ class Downlink:
                 "commands without the retain flag",
             )
             return
-        await self._dispatcher.dispatch(payload, "mqtt")
+        await self._slots.acquire()
+        task = asyncio.create_task(self._dispatch(payload), name="command")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _dispatch(self, payload: bytes) -> None:
+        try:
+            await self._dispatcher.dispatch(payload, "mqtt")
+        finally:
+            self._slots.release()

@@ -119,24 +119,34 @@ async def test_bad_payloads_over_mqtt_get_their_replies(
     assert daemon.stop()[0] == 0
 
 
-async def test_each_command_gets_exactly_one_reply(
+async def test_each_command_gets_exactly_one_reply_in_order(
     broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon]
 ) -> None:
-    """Replies leave at once and their outbox copies are not published again: 50 commands
-    in a row get 50 replies, one per id."""
+    """Replies leave at once and their outbox copies are not published again; commands
+    run in the order they were sent: 50 alternating relay.set commands in a burst get 50
+    replies, one per id, in order, and the relay ends in the last command's state."""
     daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
     async with (
-        subscriber(broker, f"vg/v1/{gateway}/reply") as seen,
+        subscriber(broker, f"vg/v1/{gateway}/#") as seen,
         aiomqtt.Client(broker.host, broker.port) as commune,
     ):
         await asyncio.sleep(0.5)
         for n in range(50):
-            body = {"id": f"one-{n}", "type": "system.ping", "args": {}}
+            args = {"relay": "yard", "on": n % 2 == 0}  # the last one (n = 49) is off
+            body = {"id": f"one-{n}", "type": "relay.set", "args": args}
             await commune.publish(f"vg/v1/{gateway}/cmd", json.dumps(body).encode(), qos=1)
         await wait_for(lambda: len(seen.on("/reply")) >= 50, 20)
-        await asyncio.sleep(2)  # time for any second copy to show up
+
+        def settled_off() -> bool:
+            states = seen.on("/state/relays")
+            yard = states[-1]["relays"]["yard"] if states else {}
+            return yard.get("on") is False and yard.get("pending") is None
+
+        await wait_for(settled_off, 10)
+        await asyncio.sleep(1.5)  # time for any second copy of a reply to show up
     ids = [r["id"] for r in seen.on("/reply")]
-    assert sorted(ids) == sorted(f"one-{n}" for n in range(50))
+    assert ids == [f"one-{n}" for n in range(50)]
+    assert all(r["status"] == "done" for r in seen.on("/reply"))
     assert daemon.stop()[0] == 0
 
 
