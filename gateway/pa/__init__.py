@@ -1,0 +1,1 @@
+"""PA (placeholder while gateway.pa.decode lands)."""
