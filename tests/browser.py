@@ -187,6 +187,7 @@ probes = [{{ kind = "http", url = "{hotspot_url}", timeout_s = 0.5 }}]
 [web]
 host = "127.0.0.1"
 port = {web_port}
+login_max_attempts = 20
 
 [schedules]
 relays = [{{ relay = "yard", on = "sunset+10m", off = "22:30" }}]

@@ -7,6 +7,10 @@
 
 const INITIAL_MS = 500;
 const CAP_MS = 15000;
+const QUIET_MS = 75000;
+// The daemon publishes its system snapshot every 30 s, so a socket that stays silent
+// longer is dead even if the browser has not noticed (a phone that walked out of wifi
+// range can keep a half-open TCP connection for minutes).
 
 export class Live {
   /**
@@ -28,12 +32,15 @@ export class Live {
     this.onVisible = () => {
       if (document.visibilityState === "visible") this.retryNow();
     };
+    this.onOffline = () => this.drop();
+    this.watchdog = 0;
   }
 
   start() {
     if (!this.stopped) return;
     this.stopped = false;
     window.addEventListener("online", this.retryNow);
+    window.addEventListener("offline", this.onOffline);
     document.addEventListener("visibilitychange", this.onVisible);
     this.open();
   }
@@ -41,8 +48,10 @@ export class Live {
   stop() {
     this.stopped = true;
     window.removeEventListener("online", this.retryNow);
+    window.removeEventListener("offline", this.onOffline);
     document.removeEventListener("visibilitychange", this.onVisible);
     clearTimeout(this.timer);
+    clearTimeout(this.watchdog);
     if (this.ws) {
       const ws = this.ws;
       this.ws = null;
@@ -66,8 +75,10 @@ export class Live {
       this.failures = 0;
       this.everOpen = true;
       this.onStatus("live");
+      this.feed();
     };
     ws.onmessage = (message) => {
+      this.feed();
       let data;
       try {
         data = JSON.parse(message.data);
@@ -78,10 +89,29 @@ export class Live {
     };
     ws.onclose = () => {
       if (this.ws !== ws || this.stopped) return;
+      clearTimeout(this.watchdog);
       this.ws = null;
       this.onDrop();
       this.schedule();
     };
+  }
+
+  /** Something arrived: the connection is alive for another QUIET_MS. */
+  feed() {
+    clearTimeout(this.watchdog);
+    this.watchdog = setTimeout(() => this.drop(), QUIET_MS);
+  }
+
+  /** Give up on the current socket (offline, or silent too long) and reconnect. */
+  drop() {
+    clearTimeout(this.watchdog);
+    if (this.stopped || !this.ws) return;
+    const ws = this.ws;
+    this.ws = null;
+    ws.onclose = null;
+    ws.onmessage = null;
+    ws.close();
+    this.schedule();
   }
 
   schedule() {
