@@ -123,6 +123,8 @@ class PaPlayArgs(_Args):
     volume: int | None = Field(default=None, ge=0, le=100)
     repeat: int = Field(default=1, ge=1, le=20)
     chime: bool = False
+    resume: bool = True
+    """Cut off by a higher priority: play on from where it was (True) or drop it."""
 
     @model_validator(mode="after")
     def _one_source(self) -> PaPlayArgs:

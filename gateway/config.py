@@ -221,13 +221,28 @@ class SchedulesSection(_Section):
     broadcasts: list[BroadcastSchedule] = Field(default_factory=list)
 
 
+_QUIET_SPAN = r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$"
+
+
 class PaSection(_Section):
-    """The public-address output."""
+    """The public-address output: device, formats, volumes, amplifier, queue, clips."""
 
     backend: Literal["pyaudio", "null"] = "pyaudio"
-    device: str = "default"
+    device: str = Field(default="default", min_length=1)
+    sample_rate: int = Field(default=48_000, ge=8_000, le=192_000)
+    frames_per_buffer: int = Field(default=1024, ge=64, le=16_384)
+    volume: int = Field(default=80, ge=0, le=100)
+    """The master volume at start (``pa.volume`` changes it)."""
+    emergency_volume: int = Field(default=100, ge=0, le=100)
     amp_relay: str | None = None
     amp_warmup_s: float = Field(default=2.0, ge=0, le=60)
+    amp_idle_off_s: float = Field(default=30.0, ge=1, le=3600)
+    quiet_hours: list[Annotated[str, Field(pattern=_QUIET_SPAN)]] = Field(default_factory=list)
+    queue_max: int = Field(default=50, ge=1, le=1000)
+    chime: str = Field(default="chime", pattern=r"^[a-z0-9_-]{1,64}$")
+    max_clip_mb: float = Field(default=50, gt=0, le=1000)
+    fetch_timeout_s: float = Field(default=60, gt=0, le=3600)
+    stream_connect_timeout_s: float = Field(default=5, gt=0, le=120)
 
 
 class _Probe(_Section):
@@ -470,6 +485,12 @@ class Settings(BaseSettings):
         if self.pa.amp_relay is not None and self.pa.amp_relay not in self.relays:
             raise ValueError(
                 f"pa.amp_relay: names no relay: {self.pa.amp_relay!r} (relays: {known})"
+            )
+        amp = self.relays.get(self.pa.amp_relay or "")
+        if amp is not None and amp.power_on != "off":
+            raise ValueError(
+                f"relays.{self.pa.amp_relay}.power_on: the amplifier relay (pa.amp_relay) "
+                f"must start off, not {amp.power_on!r}; the PA switches it on when it plays"
             )
         for index, schedule in enumerate(self.schedules.relays):
             if schedule.relay not in self.relays:

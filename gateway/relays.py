@@ -299,6 +299,17 @@ class RelayBank(Component):
                 relay.device.close()
         _log.info("relays.closed", shutdown=shutdown)
 
+    def force_off(self, name: str) -> None:
+        """Drive one relay off now, synchronously: the PA's amplifier fail-safe on SIGTERM,
+        which cannot wait for the event loop (no minimum interval, no publish)."""
+        relay = self._relays.get(name)
+        if relay is None or self._closed:
+            return
+        relay.cancel_timer()
+        relay.device.off()
+        relay.on = relay.wanted = False
+        relay.on_since = None
+
     async def run(self, health: Health) -> None:
         """Fire ``for_s`` and ``max_on_s`` timers and deferred switches; beat health."""
         async with self._lock:
