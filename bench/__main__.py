@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sys
 
-from bench import bench_commands, bench_hotspots, bench_http, bench_log, bench_uplink
+from bench import bench_commands, bench_hotspots, bench_http, bench_log, bench_uplink, bench_web
 from gateway.log import configure_logging
 
 
@@ -26,6 +26,7 @@ def main() -> None:
         print(line, flush=True)
     print(asyncio.run(bench_commands.run()), flush=True)
     print(asyncio.run(bench_hotspots.run()), flush=True)
+    print("\n".join(asyncio.run(bench_web.run())), flush=True)
 
 
 if __name__ == "__main__":

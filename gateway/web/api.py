@@ -11,6 +11,7 @@ from input, and nothing here reaches a shell.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ SESSION = web.RequestKey("session", Session)
 MAX_JSON_BYTES = 16 * 1024
 """Login, setup and password bodies are tiny; anything bigger is refused unread."""
 _CHUNK = 64 * 1024
+STATE_CACHE_S = 0.5
 
 
 class ClipInfoLike(Protocol):
@@ -115,6 +117,7 @@ class Api:
         self._hub = hub
         self._overview = overview
         self.dispatcher: Dispatcher | None = None
+        self._state_cache: tuple[tuple[tuple[str, int], ...], float, bytes] | None = None
         self.clips: ClipsLike | None = None
         self.logins: dict[str, int] = {"ok": 0, "wrong": 0, "locked": 0}
         """Login and setup outcomes, for /metrics."""
@@ -273,8 +276,18 @@ class Api:
         return body
 
     async def state(self, request: web.Request) -> web.Response:
-        """Every component's latest snapshot."""
-        return web.json_response(self.state_body())
+        """Every component's latest snapshot.
+
+        Phones poll this; the encoded body is reused while no snapshot changed, for at
+        most :data:`STATE_CACHE_S` (health and link figures may move meanwhile).
+        """
+        key = tuple(self._state.versions().items())
+        now = time.monotonic()
+        cached = self._state_cache
+        if cached is None or cached[0] != key or now - cached[1] > STATE_CACHE_S:
+            cached = (key, now, json.dumps(self.state_body(), ensure_ascii=False).encode())
+            self._state_cache = cached
+        return web.Response(body=cached[2], content_type="application/json")
 
     async def commands(self, request: web.Request) -> web.Response:
         """A command envelope through the one Dispatcher; 200 with its Reply."""

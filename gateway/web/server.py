@@ -153,7 +153,7 @@ class WebServer:
         )
         self.requests: dict[str, int] = {}
         """Answers by status class (``2xx`` …), for /metrics."""
-        self.app = web.Application(middlewares=[self._count, self._guard])
+        self.app = web.Application(middlewares=[self._guard])
         self.app.on_response_prepare.append(self._secure_headers)
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/static/{path:.+}", self._static)
@@ -269,23 +269,13 @@ class WebServer:
             return error(403, "forbidden", "missing or wrong X-CSRF-Token")
         return await handler(request)
 
-    @web.middleware
-    async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            self._tally(exc.status)
-            raise
-        self._tally(response.status)
-        return response
+    async def _secure_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """The same strict headers on every answer, errors and static files included.
 
-    def _tally(self, status: int) -> None:
-        key = f"{status // 100}xx"
+        Every answer passes here once, so it is also where answers are counted.
+        """
+        key = f"{response.status // 100}xx"
         self.requests[key] = self.requests.get(key, 0) + 1
-
-    @staticmethod
-    async def _secure_headers(request: web.Request, response: web.StreamResponse) -> None:
-        """The same strict headers on every answer, errors and static files included."""
         for name, value in _HEADERS.items():
             response.headers.setdefault(name, value)
         if request.path.startswith("/api/"):
