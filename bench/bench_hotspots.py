@@ -176,7 +176,7 @@ async def run() -> str:
         f"hotspots: {HOTSPOTS} x {probes} every {INTERVAL_S:g} s for {duration_s:g} s: "
         f"monitor {daemon:.1f} % of a core vs bare asyncio {bare:.1f} % "
         f"= {daemon / bare:.2f}x; {cycles}/{expected:.0f} cycles; "
-        f"RSS growth {rss_growth_mb:+.2f} MB"
+        f"RSS growth {rss_growth_mb * 1000:+.0f} kB"
     )
 
 
