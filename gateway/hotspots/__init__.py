@@ -10,10 +10,12 @@ from __future__ import annotations
 from gateway.hotspots.health import HealthState, Hysteresis, Outcome, Transition
 from gateway.hotspots.monitor import FALLBACK_TCP_PORT, HotspotMonitor
 from gateway.hotspots.probes import IcmpPermission, ProbeResult, icmp_permission, run_probe
+from gateway.hotspots.ubus import ClientCount, UbusClient
 from gateway.hotspots.windows import RollingWindows
 
 __all__ = [
     "FALLBACK_TCP_PORT",
+    "ClientCount",
     "HealthState",
     "HotspotMonitor",
     "Hysteresis",
@@ -22,6 +24,7 @@ __all__ = [
     "ProbeResult",
     "RollingWindows",
     "Transition",
+    "UbusClient",
     "icmp_permission",
     "run_probe",
 ]
