@@ -331,7 +331,10 @@ class App:
         """Start, run until stopped, stop. Returns the exit status (0)."""
         _prepare_state_dir(self.settings.gateway.state_dir)
         await self._build()
-        self.web.attach(dispatcher=self.dispatcher)
+        self.web.attach(
+            dispatcher=self.dispatcher,
+            scheduler=self.control.scheduler if self.control is not None else None,
+        )
         try:
             await self.web.start()
         except BaseException:

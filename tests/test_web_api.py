@@ -39,6 +39,14 @@ async def _ws_messages(ws: aiohttp.ClientWebSocketResponse, kind: str, count: in
     return found
 
 
+async def _ws_until_schedules(ws: aiohttp.ClientWebSocketResponse) -> list[Any]:
+    """Skip other components' state messages until the schedules arrive."""
+    while True:
+        (message,) = await _ws_messages(ws, "state")
+        if message["component"] == "schedules":
+            return [message]
+
+
 async def test_session_tells_the_page_what_to_draw(tmp_path: Path) -> None:
     """Before login: not authenticated, no CSRF token, the gateway's id and name."""
     async with web_rig(tmp_path) as rig:
@@ -300,5 +308,20 @@ async def test_ui_works_with_the_broker_down(config_file: ConfigFile) -> None:
             assert "command" in types
             command = next(e for e in events if e["type"] == "command")
             assert (command["source"], command["status"]) == ("web", "done")
+            assert state["schedules"]["schedules"] == []
+            wanted = {"relay": "yard", "on": "sunset+10m", "off": "22:30"}
+            async with http.ws_connect(f"{base}/api/v1/ws", headers=origin) as ws:
+                assert (await ws.receive_json())["kind"] == "hello"
+                saved = await http.post(
+                    f"{base}/api/v1/commands",
+                    json={"type": "schedule.set", "args": {"schedules": [wanted]}},
+                    headers={**origin, "X-CSRF-Token": csrf},
+                )
+                assert (await saved.json())["status"] == "done"
+                (pushed,) = await _ws_until_schedules(ws)
+                assert pushed["snapshot"]["schedules"][0]["on"] == "sunset+10m"
+            await asyncio.sleep(0.6)  # the state body is reused for at most 0.5 s
+            state = await (await http.get(f"{base}/api/v1/state")).json()
+            assert state["schedules"]["schedules"][0]["off"] == "22:30"
         assert app.outbox is not None
         await wait_for(lambda: app.outbox is not None and app.outbox.stats().depth["events"] >= 2)

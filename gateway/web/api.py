@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 from aiohttp import BodyPartReader, web
+from pydantic import BaseModel
 
 from gateway.commands import Dispatcher, new_id
 from gateway.config import Settings
@@ -27,7 +28,7 @@ from gateway.web.auth import MAX_PASSWORD_CHARS, Access, PasswordError, check_ne
 from gateway.web.live import LiveHub
 from gateway.web.sessions import COOKIE, Session
 
-__all__ = ["SESSION", "Api", "ClipsLike", "error"]
+__all__ = ["SESSION", "Api", "ClipsLike", "SchedulerLike", "error"]
 
 _log = get_logger("web")
 
@@ -37,6 +38,18 @@ MAX_JSON_BYTES = 16 * 1024
 """Login, setup and password bodies are tiny; anything bigger is refused unread."""
 _CHUNK = 64 * 1024
 STATE_CACHE_S = 0.5
+
+
+class SchedulerLike(Protocol):
+    """What the state needs of ``gateway.schedules.Scheduler``: the lists in force."""
+
+    @property
+    def relays(self) -> Sequence[BaseModel]: ...
+
+    @property
+    def broadcasts(self) -> Sequence[BaseModel]: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
 
 
 class ClipInfoLike(Protocol):
@@ -119,6 +132,7 @@ class Api:
         self.dispatcher: Dispatcher | None = None
         self._state_cache: tuple[tuple[tuple[str, int], ...], float, bytes] | None = None
         self.clips: ClipsLike | None = None
+        self.scheduler: SchedulerLike | None = None
         self.logins: dict[str, int] = {"ok": 0, "wrong": 0, "locked": 0}
         """Login and setup outcomes, for /metrics."""
 
@@ -270,10 +284,22 @@ class Api:
         body = self._overview()
         snapshots = self._state.all()
         body.update(snapshots)
-        system = snapshots.get("system") or {}
-        if "schedules" not in body and isinstance(system.get("schedules"), dict):
-            body["schedules"] = system["schedules"]
+        if "schedules" not in body and (schedules := self.schedules()) is not None:
+            body["schedules"] = schedules
         return body
+
+    def schedules(self) -> dict[str, Any] | None:
+        """The schedules in force, as ``schedule.set`` takes them, and their status.
+
+        Schedules have no state topic of their own; the page edits these lists.
+        """
+        if self.scheduler is None:
+            return None
+        return {
+            **self.scheduler.snapshot(),
+            "schedules": [s.model_dump(mode="json") for s in self.scheduler.relays],
+            "broadcasts": [b.model_dump(mode="json") for b in self.scheduler.broadcasts],
+        }
 
     async def state(self, request: web.Request) -> web.Response:
         """Every component's latest snapshot.

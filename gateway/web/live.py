@@ -112,6 +112,11 @@ class LiveHub:
         self._fan_out(encode({"kind": "event", "event": record}), logs_only=False)
         return record
 
+    def state(self, component: str, snapshot: Mapping[str, Any]) -> None:
+        """Push one component's new snapshot to every page."""
+        message = {"kind": "state", "component": component, "snapshot": snapshot}
+        self._fan_out(encode(message), logs_only=False)
+
     def log(self, record: Mapping[str, Any]) -> None:
         """Push a log line to the pages of logged-in operators."""
         self._fan_out(encode({"kind": "log", "record": record}), logs_only=True)
@@ -134,9 +139,7 @@ class LiveHub:
             versions = await self._state.wait_changed(seen)
             for component, version in versions.items():
                 if seen.get(component) != version:
-                    snapshot = self._state.snapshot(component)
-                    message = {"kind": "state", "component": component, "snapshot": snapshot}
-                    self._fan_out(encode(message), logs_only=False)
+                    self.state(component, self._state.snapshot(component) or {})
             seen = versions
 
     async def serve(

@@ -33,7 +33,7 @@ from gateway.config import Settings
 from gateway.errors import StartupError
 from gateway.log import get_logger
 from gateway.state import StateStore
-from gateway.web.api import SESSION, Api, ClipsLike, error
+from gateway.web.api import SESSION, Api, ClipsLike, SchedulerLike, error
 from gateway.web.auth import Access
 from gateway.web.live import LOG_TAP, LiveHub, LogTap
 from gateway.web.sessions import COOKIE
@@ -163,17 +163,30 @@ class WebServer:
         registry.register(_WebCollector(self))
 
     def attach(
-        self, *, dispatcher: Dispatcher | None = None, clips: ClipsLike | None = None
+        self,
+        *,
+        dispatcher: Dispatcher | None = None,
+        clips: ClipsLike | None = None,
+        scheduler: SchedulerLike | None = None,
     ) -> None:
-        """Hand over what exists only once the daemon is built (commands, the clip store)."""
+        """Hand over what exists only once the daemon is built (commands, clips, schedules)."""
         if dispatcher is not None:
             self.api.dispatcher = dispatcher
         if clips is not None:
             self.api.clips = clips
+        if scheduler is not None:
+            self.api.scheduler = scheduler
 
     def event(self, event: dict[str, Any], seq: int | None = None) -> None:
-        """An event (command, relay switched …) for ``/api/v1/events`` and the pages."""
+        """An event (command, relay switched …) for ``/api/v1/events`` and the pages.
+
+        A ``schedule.set`` that was done also pushes the new schedules to the pages,
+        since schedules have no snapshot of their own for the state watcher to see.
+        """
         self.live.event(event, seq)
+        done = event.get("command") == "schedule.set" and event.get("status") == "done"
+        if done and (schedules := self.api.schedules()) is not None:
+            self.live.state("schedules", schedules)
 
     @property
     def port(self) -> int:
