@@ -592,3 +592,26 @@ def test_password_change_logs_other_phones_out_by_themselves(
         page.fill("#pw-new2", PASSWORD)
         page.click("#password-form button[type=submit]")
         expect(page.locator("#password-form .reply")).to_have_attribute("data-status", "info")
+
+
+def test_the_page_works_with_the_broker_down(phone: PhonePage, rig: WebRig, broker: Broker) -> None:
+    """With the commune's broker gone the overview turns "offline" by itself, and a light
+    still switches at once: actions run on the gateway, the outbox keeps the events."""
+    page = log_in(phone, rig)
+    expect(page.locator("#ov-link .tile-value")).to_have_text("Đang kết nối", timeout=LIVE_S)
+    broker.stop()
+    try:
+        expect(page.locator("#ov-link .tile-value")).to_have_text("Mất kết nối", timeout=60_000)
+        expect(page.locator("#ov-link")).to_have_attribute("data-tone", "bad")
+        phone.shot("vi-overview-offline")
+        go(page, "lights")
+        card = page.locator("article[data-relay=amplifier]")
+        was_on = card.get_attribute("data-on") == "true"
+        card.locator(".relay-toggle").click()
+        expect(page.locator("#lights-reply")).to_have_text("Đã thực hiện")
+        expect(card).to_have_attribute("data-on", "false" if was_on else "true")
+        go(page, "overview")
+        expect(page.locator("#ov-outbox .tile-value")).not_to_have_text("0 bản ghi", timeout=60_000)
+    finally:
+        broker.start()
+    expect(page.locator("#ov-link .tile-value")).to_have_text("Đang kết nối", timeout=60_000)

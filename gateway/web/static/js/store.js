@@ -58,6 +58,11 @@ export function setAll(state) {
 /** One component's new snapshot. */
 export function setComponent(component, snapshot) {
   store.state = { ...store.state, [component]: snapshot };
+  const connected = snapshot?.link?.connected;
+  if (component === "system" && typeof connected === "boolean") {
+    // The system snapshot is the live source of the link state (every 30 s at least).
+    store.state.link = { ...store.state.link, online: connected };
+  }
   if (component === "hotspots") recordHistory(snapshot);
   changed(component);
 }

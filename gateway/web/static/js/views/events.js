@@ -2,7 +2,7 @@
 // and by any text in the record.
 
 import { byId, clear, h } from "../dom.js";
-import { t } from "../i18n.js";
+import { has, t } from "../i18n.js";
 import { sourceText, time } from "../format.js";
 import { store } from "../store.js";
 
@@ -26,6 +26,14 @@ function rest(record) {
     .join(" ");
 }
 
+function stateWord(state) {
+  return has(`hotspot.${state}`) ? t(`hotspot.${state}`) : String(state ?? "?");
+}
+
+function relayName(name) {
+  return store.state.relays?.relays?.[name]?.label || name;
+}
+
 function summary(record) {
   switch (record.kind === "log" ? "log" : record.type) {
     case "command": {
@@ -38,15 +46,15 @@ function summary(record) {
     }
     case "relay.switched":
       return t(record.on ? "events.relay_on" : "events.relay_off", {
-        relay: record.relay,
+        relay: relayName(record.relay),
         source: sourceText(record.source),
       });
     case "hotspot.state":
     case "uplink.state":
       return t("events.hotspot_state", {
         name: record.label || record.hotspot || t("wifi.uplink"),
-        from: record.previous ?? "?",
-        to: record.state ?? "?",
+        from: stateWord(record.previous),
+        to: stateWord(record.state),
         reason: record.reason ? ` — ${record.reason}` : "",
       });
     case "log":
