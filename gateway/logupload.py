@@ -4,7 +4,8 @@ It sits in the shared processor chain (see :mod:`gateway.log`), so our lines and
 libraries' alike are seen. Lines below ``log.upload_level`` stay local. A burst is
 rate-limited per minute with one summary line for what was held back; long values are
 cut with a marker; values JSON cannot hold become their ``repr``. Lines logged before
-the outbox is open (start-up) are kept in memory and handed over when it opens.
+the outbox is open (start-up) are kept in memory and handed over when it opens. Lines
+marked ``local_only=True`` never go up.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from structlog.typing import EventDict, WrappedLogger
 
 from gateway.outbox import Outbox
 
-__all__ = ["MAX_FIELD_CHARS", "LogUploader"]
+__all__ = ["LOCAL_ONLY", "MAX_FIELD_CHARS", "LogUploader"]
+
+LOCAL_ONLY = "local_only"
+"""A log line with this key set true stays in the journal and is never uploaded: it
+carries a secret meant for whoever stands at the Pi (the web UI's one-time setup code)."""
 
 MAX_FIELD_CHARS = 2048
 """A value longer than this is truncated before upload (the local line keeps it whole)."""
@@ -72,7 +77,8 @@ class LogUploader:
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         level = logging.getLevelNamesMapping().get(str(event_dict.get("level", "")).upper(), 0)
-        if level >= self._threshold:
+        # ``local_only=True`` marks a line for the journal alone (the web setup code).
+        if level >= self._threshold and not event_dict.get(LOCAL_ONLY):
             with contextlib.suppress(Exception):  # logging must never break the caller
                 self._take(event_dict)
         return event_dict

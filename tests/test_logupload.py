@@ -102,6 +102,24 @@ async def test_info_lines_go_up_and_debug_lines_stay_local(outbox: Outbox) -> No
     ]
 
 
+async def test_a_local_only_line_stays_in_the_journal(outbox: Outbox) -> None:
+    """A line marked local_only (the web setup code) is written locally at WARNING but
+    never reaches the outbox, while the lines around it do."""
+    uploader = LogUploader(level="INFO")
+    uploader.attach(outbox)
+    stream = setup(uploader)
+    log = get_logger("web")
+    log.info("web.before")
+    log.warning("web.setup_code", code="123456", local_only=True)
+    log.info("web.after")
+    await settle(outbox)
+    records = await uploaded(outbox, at_least=2)
+    uploader.attach(None)
+    assert [r["event"] for r in records] == ["web.before", "web.after"]
+    assert "123456" not in json.dumps(records)
+    assert "web.setup_code" in [line["event"] for line in local_lines(stream)]
+
+
 async def test_a_library_line_from_stdlib_logging_goes_up(outbox: Outbox) -> None:
     """A warning a library writes through the standard logging module (aiomqtt here) is
     uploaded like our own lines, named after the library's logger."""

@@ -206,6 +206,7 @@ class Access:
             _log.warning(
                 "web.setup_code",
                 code=self._setup_code,
+                local_only=True,  # for the journal at the Pi, never uploaded to the commune
                 hint="open the web page and enter this code to set the password, "
                 "or run `village-gateway set-password`",
             )
