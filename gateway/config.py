@@ -377,6 +377,16 @@ class WebSection(_Section):
     max_upload_mb: float = Field(default=50, gt=0, le=1000)
     trusted_origins: list[str] = Field(default_factory=list)
     """Extra ``Origin`` values accepted besides the request's own (a TLS reverse proxy)."""
+    hostnames: list[str] = Field(default_factory=list)
+    """Names the Pi is reached by besides its addresses, its hostname and hostname.local."""
+
+    @field_validator("hostnames")
+    @classmethod
+    def _hostnames_are_names(cls, value: list[str]) -> list[str]:
+        bad = [n for n in value if not _is_host(n)]
+        if bad:
+            raise ValueError(f"not host names: {bad!r}")
+        return value
 
     @field_validator("trusted_origins")
     @classmethod

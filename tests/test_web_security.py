@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,35 @@ async def test_trusted_origin_of_a_reverse_proxy_is_accepted(tmp_path: Path) -> 
         assert (await rig.post("/api/v1/login", {"password": PASSWORD}, origin=proxy)).status == 200
         other = await rig.post("/api/v1/login", {"password": PASSWORD}, origin="https://x.example")
         assert other.status == 403
+
+
+async def test_only_the_pis_addresses_and_names_are_served(tmp_path: Path) -> None:
+    """DNS rebinding: a hostile name pointed at the Pi is refused (421) before login is
+    even tried; an address, localhost, the Pi's own name and web.hostnames are served;
+    /healthz answers whatever the name (monitoring)."""
+    own = socket.gethostname()
+    async with web_rig(tmp_path, hostnames=["nhavanhoa.lan"]) as rig:
+        for host in ("rebind.evil.example", "evil.example:8080", "nhavanhoa.lan.evil.example"):
+            refused = await rig.client.post(
+                "/api/v1/login",
+                json={"password": PASSWORD},
+                headers={"Host": host, "Origin": f"http://{host}"},
+            )
+            assert refused.status == 421, host
+            assert (await refused.json())["error"]["code"] == "unknown_host"
+            page = await rig.client.get("/", headers={"Host": host})
+            assert page.status == 421
+            assert (await rig.client.get("/healthz", headers={"Host": host})).status == 200
+        for host in (
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "localhost",
+            "nhavanhoa.lan",
+            own,
+            f"{own}.local",
+        ):
+            answer = await rig.client.get("/api/v1/session", headers={"Host": host})
+            assert answer.status == 200, host
 
 
 async def test_cross_site_websocket_is_refused(tmp_path: Path) -> None:

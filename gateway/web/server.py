@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from yarl import URL
 
 from gateway.commands import Dispatcher
 from gateway.config import Settings
@@ -55,6 +58,8 @@ ALLOWLIST = frozenset(
     }
 )
 """Routes (by their pattern) anyone may call: the login page, its assets, probes, login."""
+PROBES = frozenset({"/healthz", "/metrics"})
+"""Answered whatever the ``Host``: monitoring scrapes by any name, and they change nothing."""
 PUBLIC_STATUS = frozenset({"/api/v1/state", "/api/v1/ws"})
 """Readable without login, with GET only, when ``web.public_status = true``."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -93,6 +98,31 @@ class HealthReport:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def known_host_names(settings: Settings) -> frozenset[str]:
+    """The names this Pi may be reached by: its own (and ``.local``), configured ones,
+    and the hosts of ``web.trusted_origins``. IP addresses and localhost always work."""
+    own = socket.gethostname().lower()
+    names = {own, f"{own}.local", *(name.lower() for name in settings.web.hostnames)}
+    names |= {(URL(origin).host or "").lower() for origin in settings.web.trusted_origins}
+    return frozenset(name for name in names if name)
+
+
+def _known_host(request: web.Request, names: frozenset[str]) -> bool:
+    """Whether the ``Host`` the browser asked for is this Pi, not a rebound DNS name.
+
+    A page on a hostile site can point its own name at the Pi's LAN address (DNS
+    rebinding); its requests then look same-origin. They still carry the hostile name in
+    ``Host``, which is why only addresses and the Pi's known names are served.
+    """
+    host = (request.url.host or "").strip("[]").rstrip(".").lower()
+    if not host:
+        return False
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return True
+    return host == "localhost" or host in names
+
+
 def _same_origin(request: web.Request, trusted: Iterable[str]) -> bool:
     """The request comes from a page of this very server (or a configured proxy origin).
 
@@ -127,6 +157,7 @@ class WebServer:
         self._health = health
         self._registry = registry
         self._settings = settings
+        self._host_names = known_host_names(settings)
         self._link_online = link_online
         self._log_tap = log_tap
         self._runner: web.AppRunner | None = None
@@ -256,11 +287,20 @@ class WebServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Deny by default; Origin on every change; CSRF on every change after login."""
+        """Deny by default: every request passes :meth:`_refusal` before its handler."""
         resource = request.match_info.route.resource
         if resource is None:  # no such route: aiohttp answers 404/405 itself
             return await handler(request)
-        pattern = resource.canonical
+        refusal = self._refusal(request, resource.canonical)
+        return refusal if refusal is not None else await handler(request)
+
+    def _refusal(self, request: web.Request, pattern: str) -> web.Response | None:
+        """Why ``request`` is refused, or None: a known Host, Origin on every change,
+        a session unless allowlisted, CSRF on every change after login."""
+        if pattern not in PROBES and not _known_host(request, self._host_names):
+            return error(
+                421, "unknown_host", "this gateway answers to its address or its names only"
+            )
         unsafe = request.method not in SAFE_METHODS
         trusted = self._settings.web.trusted_origins
         if unsafe and not _same_origin(request, trusted):
@@ -280,7 +320,7 @@ class WebServer:
         needs_csrf = session is not None and unsafe and pattern not in ALLOWLIST
         if needs_csrf and not (session and session.csrf_ok(request.headers.get("X-CSRF-Token"))):
             return error(403, "forbidden", "missing or wrong X-CSRF-Token")
-        return await handler(request)
+        return None
 
     async def _secure_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         """The same strict headers on every answer, errors and static files included.
