@@ -60,6 +60,8 @@ MAX_CHANNELS = 8
 _BLOCK_S = 0.1
 """How much input one decode step reads: small enough for a prompt close()."""
 _MAX_REDIRECTS = 5
+_UNKNOWN_LENGTH = 1 << 62
+"""libsndfile reports a length it cannot know as INT64_MAX."""
 _FORMAT_NAMES = {"wavex": "wav", "rf64": "wav", "w64": "wav"}
 """libsndfile's container names that are still plain WAV to a user."""
 _USER_AGENT = "village-gateway (PA)"
@@ -201,6 +203,11 @@ class _SequentialFile(sf.SoundFile):  # type: ignore[misc]  # soundfile is untyp
         return False
 
 
+def _reason(exc: Exception) -> str:
+    """libsndfile's own words, without the file path soundfile puts in front."""
+    return str(getattr(exc, "error_string", None) or exc)
+
+
 def _check_info(handle: sf.SoundFile, name: str) -> None:
     """Refuse what the player cannot use even though libsndfile opened it."""
     if not MIN_RATE <= handle.samplerate <= MAX_RATE:
@@ -221,7 +228,8 @@ class ClipSource:
         try:
             self._file = _SequentialFile(str(path))
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-            raise DecodeError("bad_audio", f"{path.name}: not audio we can decode ({exc})") from exc
+            message = f"{path.name}: not audio we can decode ({_reason(exc)})"
+            raise DecodeError("bad_audio", message) from exc
         try:
             self._start(path.name)
         except BaseException:
@@ -245,7 +253,8 @@ class ClipSource:
         try:
             block = self._file.read(self._block, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as exc:
-            raise DecodeError("bad_audio", f"audio is truncated or corrupt ({exc})") from exc
+            message = f"audio is truncated or corrupt ({_reason(exc)})"
+            raise DecodeError("bad_audio", message) from exc
         if len(block) == 0:
             self._done = True
             return False
@@ -288,7 +297,9 @@ def probe(path: Path) -> tuple[str, float]:
 
     Used when a clip is stored: reading to the end catches a truncated or corrupt file
     there rather than during a broadcast, and counts the frames exactly (the header's
-    count of an MP3 is only an estimate).
+    count of an MP3 is only an estimate). A file that decodes to clearly fewer frames than
+    its header promises (FLAC's STREAMINFO, an MP3's Xing/Info frame count) was cut off
+    and is refused; an MP3 without such a header cannot tell and simply is shorter.
     """
     try:
         with _SequentialFile(str(path)) as handle:
@@ -302,10 +313,17 @@ def probe(path: Path) -> tuple[str, float]:
                     break
                 frames += len(data)
             rate = handle.samplerate
+            promised = handle.frames
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise DecodeError("bad_audio", f"{path.name}: not audio we can decode ({exc})") from exc
+        message = f"{path.name}: not audio we can decode ({_reason(exc)})"
+        raise DecodeError("bad_audio", message) from exc
     if frames == 0:
         raise DecodeError("bad_audio", f"{path.name}: no audio in the file (0 seconds)")
+    if 0 < promised < _UNKNOWN_LENGTH and frames < promised * 0.98:
+        raise DecodeError(
+            "bad_audio",
+            f"{path.name}: truncated ({frames / rate:.1f} s of {promised / rate:.1f} s decode)",
+        )
     return _FORMAT_NAMES.get(fmt, fmt), frames / rate
 
 
@@ -373,6 +391,63 @@ class _LiveReader(io.RawIOBase):
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+
+_MPEG_KBPS = {
+    (1, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (1, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (1, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (2, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (2, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (2, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MPEG_RATES = {1: (44100, 48000, 32000), 2: (22050, 24000, 16000), 25: (11025, 12000, 8000)}
+_SYNC_SEARCH = 64 * 1024
+"""Bytes searched for the first MPEG frame before a stream counts as not MP3."""
+
+
+def _mpeg_frame(data: bytes, at: int) -> tuple[int, int] | None:
+    """(frame length, header key) of an MPEG audio frame header at ``at``, else None."""
+    if at + 4 > len(data) or data[at] != 0xFF or data[at + 1] & 0xE0 != 0xE0:
+        return None
+    version = {3: 1, 2: 2, 0: 25}.get((data[at + 1] >> 3) & 3)
+    layer = {3: 1, 2: 2, 1: 3}.get((data[at + 1] >> 1) & 3)
+    rate_index = (data[at + 2] >> 2) & 3
+    kbps_index = data[at + 2] >> 4
+    if version is None or layer is None or rate_index == 3 or kbps_index in (0, 15):
+        return None
+    kbps = _MPEG_KBPS[(min(version, 2), layer)][kbps_index]
+    rate = _MPEG_RATES[version][rate_index]
+    padding = (data[at + 2] >> 1) & 1
+    if layer == 1:
+        length = (12 * kbps * 1000 // rate + padding) * 4
+    elif layer == 3 and version != 1:
+        length = 72 * kbps * 1000 // rate + padding
+    else:
+        length = 144 * kbps * 1000 // rate + padding
+    return length, (data[at + 1] & 0xFE) << 8 | (data[at + 2] & 0x0C)
+
+
+def mpeg_sync(data: bytes) -> int | None:
+    """Offset of the first of three consecutive, consistent MPEG audio frames, else None.
+
+    An Icecast server starts a listener wherever its buffer happens to begin, often in
+    the middle of a frame, and libsndfile only recognises MP3 that starts at a frame (or
+    an ID3 tag). Three frames in a row rule out a chance 0xFFE in the data.
+    """
+    if data.startswith(b"ID3"):
+        return 0
+    for start in range(len(data) - 3):
+        at, key = start, None
+        for _ in range(3):
+            frame = _mpeg_frame(data, at)
+            if frame is None or (key is not None and frame[1] != key):
+                break
+            key = frame[1]
+            at += frame[0]
+        else:
+            return start
+    return None
 
 
 class StreamSource:
@@ -507,9 +582,7 @@ class StreamSource:
     def _connect_once(self) -> None:
         response, conn = self._open()
         try:
-            first = response.read1(4096)
-            if not first:
-                raise OSError("the server sent no bytes")
+            first = self._first_bytes(response)
             read_fd, write_fd = os.pipe()
             errors: list[BaseException] = []
             decoder = threading.Thread(
@@ -567,6 +640,22 @@ class StreamSource:
                 raise OSError(f"HTTP {response.status} {response.reason}")
             return response, conn
         raise OSError(f"more than {_MAX_REDIRECTS} redirects")
+
+    def _first_bytes(self, response: http.client.HTTPResponse) -> bytes:
+        """The body from its first OGG page or MPEG frame on; the bytes before are cut."""
+        head = b""
+        while len(head) < _SYNC_SEARCH:
+            chunk = response.read1(4096)
+            if not chunk:
+                raise OSError("the server closed before sending audio")
+            head += chunk
+            if head.startswith(b"OggS"):
+                return head  # Icecast sends an OGG stream's headers to each new listener
+            if len(head) >= 2048:
+                start = mpeg_sync(head)
+                if start is not None:
+                    return head[start:]
+        raise DecodeError("stream_failed", "neither MP3 nor OGG: no audio frames found")
 
     def _pump(self, response: http.client.HTTPResponse, first: bytes, write_fd: int) -> None:
         """Copy the body into the decoder's pipe until the server stops or we close."""

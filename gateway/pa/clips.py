@@ -1,0 +1,281 @@
+"""The clip store: named audio files under ``state_dir/clips``, checked before they count.
+
+A clip is accepted only after it has been decoded from end to end (not judged by its
+extension), and is written beside its final place and renamed over it, so a power cut
+or a failed upload never leaves half a clip that would break a broadcast later. The
+sidecar ``index.json`` records each clip's sha256 and exact duration so listing the
+store does not decode anything; it is rebuilt from the files if it is lost.
+
+Two clips come with the package, made by ``audio/make_sounds.py``: ``chime`` (played
+before announcements) and ``test-tone``. Their names are reserved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from gateway.errors import GatewayError
+from gateway.files import write_atomic
+from gateway.log import get_logger
+from gateway.pa.decode import DecodeError, probe
+from gateway.pa.fetch import FetchError, download
+
+__all__ = ["BUNDLED", "BUNDLED_DIR", "ClipError", "ClipInfo", "ClipStore", "normalise_name"]
+
+_log = get_logger("pa.clips")
+
+BUNDLED_DIR = Path(__file__).parent / "sounds"
+BUNDLED = ("chime", "test-tone")
+"""Clips that ship with the package (``gateway/pa/sounds/<name>.wav``)."""
+MAX_NAME = 64
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_INDEX = "index.json"
+_TEMP_PREFIX = ".incoming-"
+
+
+class ClipError(GatewayError):
+    """A clip refused or missing; ``key`` is the reply error code.
+
+    ``unknown_target`` (no such clip), ``bad_args`` (bad name, URL or sha256),
+    ``too_large``, ``bad_audio`` (decoding failed), ``fetch_failed`` (download problem),
+    ``bad_checksum``.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class ClipInfo:
+    """What the store knows about one clip (shown by the web UI and in replies)."""
+
+    name: str
+    bytes: int
+    sha256: str
+    duration_s: float
+    format: str
+    """``wav``, ``mp3``, ``ogg`` or ``flac``: what the content is, whatever it was called."""
+    bundled: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, duration rounded to milliseconds."""
+        out = asdict(self)
+        out["duration_s"] = round(self.duration_s, 3)
+        return out
+
+
+def normalise_name(name: str) -> str:
+    """The stored form of a clip name: lowercase letters, digits, ``-`` and ``_``.
+
+    Anything else (path separators, dots, spaces, markup, an empty name or more than
+    64 characters) is refused rather than cleaned up, so that a name never silently
+    means a different clip than the operator typed.
+    """
+    lowered = name.lower() if isinstance(name, str) else ""
+    if not lowered or len(lowered) > MAX_NAME or not _NAME.fullmatch(lowered):
+        raise ClipError(
+            "bad_args",
+            f"clip name {name!r}: use 1 to {MAX_NAME} of a-z 0-9 - _ (starting with a letter"
+            " or digit)",
+        )
+    return lowered
+
+
+class ClipStore:
+    """Clips under ``root`` (``state_dir/clips``); bundled clips are always present."""
+
+    def __init__(self, root: Path, *, max_bytes: int = 50_000_000) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._lock = asyncio.Lock()
+        self._bundled: dict[str, ClipInfo] = {}
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._clips = self._load()
+
+    # Reading.
+
+    def path(self, name: str) -> Path:
+        """The file to play for ``name``; ClipError("unknown_target") if there is none."""
+        key = normalise_name(name)
+        if key in BUNDLED:
+            return BUNDLED_DIR / f"{key}.wav"
+        info = self._clips.get(key)
+        if info is None:
+            raise ClipError("unknown_target", f"no clip named {key!r}")
+        path = self.root / f"{key}.{info.format}"
+        if not path.exists():
+            raise ClipError("unknown_target", f"clip {key!r} is missing from {self.root}")
+        return path
+
+    def info(self, name: str) -> ClipInfo:
+        """What the store recorded about ``name``."""
+        key = normalise_name(name)
+        if key in BUNDLED:
+            return self._bundled_info(key)
+        info = self._clips.get(key)
+        if info is None:
+            raise ClipError("unknown_target", f"no clip named {key!r}")
+        return info
+
+    def list(self) -> list[ClipInfo]:
+        """Every clip, bundled first, then by name."""
+        bundled = [self._bundled_info(name) for name in BUNDLED]
+        return bundled + [self._clips[name] for name in sorted(self._clips)]
+
+    # Adding.
+
+    async def add(self, name: str, data: bytes) -> ClipInfo:
+        """Store ``data`` as clip ``name`` (replacing one of that name) once it decodes."""
+        key = self._writable(name)
+        if len(data) > self.max_bytes:
+            raise ClipError("too_large", f"{len(data)} bytes; the cap is {self.max_bytes}")
+        if not data:
+            raise ClipError("bad_audio", "the upload is empty")
+        temp = self._temp(key)
+        try:
+            await asyncio.to_thread(_write_file, temp, data)
+            return await self._commit(key, temp, hashlib.sha256(data).hexdigest(), len(data))
+        finally:
+            await asyncio.to_thread(temp.unlink, missing_ok=True)
+
+    async def fetch(
+        self,
+        name: str,
+        url: str,
+        sha256: str,
+        *,
+        timeout_s: float = 60.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> ClipInfo:
+        """Download ``url`` as clip ``name``: size cap, timeout, at most 5 redirects.
+
+        The sha256 is checked, then the content decoded, and only then is the file
+        renamed into place; on any failure nothing of the download remains.
+        """
+        key = self._writable(name)
+        expected = sha256.lower() if isinstance(sha256, str) else ""
+        if not _SHA256.fullmatch(expected):
+            raise ClipError("bad_args", "sha256 must be 64 hexadecimal digits")
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ClipError("bad_args", f"not an http(s) URL: {url!r}")
+        temp = self._temp(key)
+        try:
+            try:
+                size = await download(
+                    url,
+                    temp,
+                    sha256=expected,
+                    max_bytes=self.max_bytes,
+                    timeout_s=timeout_s,
+                    session=session,
+                )
+            except FetchError as exc:
+                _log.warning("pa.clip_fetch_failed", clip=key, url=url, reason=str(exc))
+                raise ClipError(exc.key, str(exc)) from exc
+            return await self._commit(key, temp, expected, size)
+        finally:
+            await asyncio.to_thread(temp.unlink, missing_ok=True)
+
+    # Internals.
+
+    def _writable(self, name: str) -> str:
+        key = normalise_name(name)
+        if key in BUNDLED:
+            raise ClipError("bad_args", f"{key!r} is a bundled clip and cannot be replaced")
+        return key
+
+    def _temp(self, key: str) -> Path:
+        return self.root / f"{_TEMP_PREFIX}{key}-{secrets.token_hex(4)}"
+
+    async def _commit(self, key: str, temp: Path, sha256: str, size: int) -> ClipInfo:
+        """Decode-check ``temp``, then rename it into place and record it."""
+        try:
+            fmt, duration = await asyncio.to_thread(probe, temp)
+        except DecodeError as exc:
+            raise ClipError("bad_audio", str(exc).replace(temp.name, key)) from exc
+        info = ClipInfo(key, size, sha256, duration, fmt)
+        async with self._lock:
+            old = self._clips.get(key)
+            final = self.root / f"{key}.{fmt}"
+            await asyncio.to_thread(temp.replace, final)
+            if old is not None and old.format != fmt:
+                await asyncio.to_thread((self.root / f"{key}.{old.format}").unlink, missing_ok=True)
+            self._clips[key] = info
+            await asyncio.to_thread(self._save)
+        _log.info("pa.clip_stored", clip=key, bytes=size, duration_s=round(duration, 3))
+        return info
+
+    def _bundled_info(self, key: str) -> ClipInfo:
+        info = self._bundled.get(key)
+        if info is None:
+            path = BUNDLED_DIR / f"{key}.wav"
+            data = path.read_bytes()
+            fmt, duration = probe(path)
+            info = ClipInfo(key, len(data), hashlib.sha256(data).hexdigest(), duration, fmt, True)
+            self._bundled[key] = info
+        return info
+
+    def _save(self) -> None:
+        entries = {name: asdict(info) for name, info in sorted(self._clips.items())}
+        write_atomic(self.root / _INDEX, json.dumps(entries, indent=1) + "\n")
+
+    def _load(self) -> dict[str, ClipInfo]:
+        """Read the index; drop entries whose file is gone, adopt files it misses.
+
+        A crash between renaming a clip into place and rewriting the index leaves a file
+        the index does not know; it is checked and recorded here rather than lost.
+        """
+        for stale in self.root.glob(f"{_TEMP_PREFIX}*"):
+            stale.unlink(missing_ok=True)
+        clips: dict[str, ClipInfo] = {}
+        try:
+            raw = json.loads((self.root / _INDEX).read_text(encoding="utf-8"))
+            for name, entry in raw.items():
+                info = ClipInfo(**entry)
+                if (self.root / f"{name}.{info.format}").exists():
+                    clips[name] = info
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError, AttributeError) as exc:
+            _log.warning("pa.clip_index_unreadable", error=str(exc))
+        changed = False
+        for path in sorted(self.root.iterdir()):
+            key, _, ext = path.name.partition(".")
+            if path.name == _INDEX or key in clips or not path.is_file():
+                continue
+            try:
+                key = normalise_name(key)
+                fmt, duration = probe(path)
+            except (ClipError, DecodeError) as exc:
+                _log.warning("pa.clip_ignored", file=path.name, reason=str(exc))
+                continue
+            if fmt != ext:
+                continue
+            data = path.read_bytes()
+            clips[key] = ClipInfo(key, len(data), hashlib.sha256(data).hexdigest(), duration, fmt)
+            changed = True
+        if changed:
+            self._clips = clips
+            self._save()
+        return clips
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write and flush to the card, so the rename that follows publishes whole data."""
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
