@@ -497,6 +497,12 @@ class StreamSource:
         self._thread = threading.Thread(target=self._run, name="pa-stream", daemon=True)
         self._thread.start()
 
+    @property
+    def buffered_s(self) -> float:
+        """Seconds of decoded audio waiting for read(); never above ``max_buffer_s``."""
+        with self._cond:
+            return self._buffered / self.fmt.frame_bytes / self.fmt.rate
+
     # The player's side.
 
     def read(self, frames: int) -> bytes:
