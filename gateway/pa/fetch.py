@@ -65,7 +65,8 @@ async def download(
     except aiohttp.TooManyRedirects as exc:
         raise FetchError("fetch_failed", f"more than {MAX_REDIRECTS} redirects") from exc
     except aiohttp.ClientError as exc:
-        raise FetchError("fetch_failed", f"download failed: {exc or type(exc).__name__}") from exc
+        reason = str(exc)[:200] or type(exc).__name__  # aiohttp may quote what it received
+        raise FetchError("fetch_failed", f"download failed: {reason}") from exc
     finally:
         if own:
             await client.close()
@@ -77,7 +78,9 @@ async def download(
 async def _download(
     client: aiohttp.ClientSession, url: str, target: Path, sha256: str, max_bytes: int
 ) -> int:
-    async with client.get(url, allow_redirects=True, max_redirects=MAX_REDIRECTS) as response:
+    # aiohttp raises when the count of redirects *reaches* max_redirects: +1 allows five.
+    follow = MAX_REDIRECTS + 1
+    async with client.get(url, allow_redirects=True, max_redirects=follow) as response:
         if response.status != 200:
             raise FetchError("fetch_failed", f"HTTP {response.status} {response.reason or ''}")
         announced = response.content_length

@@ -1,0 +1,223 @@
+"""pa.clip.fetch's download: every way a server can misbehave, against aiohttp on 127.0.0.1.
+
+After every failure the store must look exactly as before: the old clip of that name
+intact and no temporary file left in the clips folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+import soundfile as sf
+from aiohttp import web
+
+from gateway.pa.clips import ClipError, ClipStore
+from gateway.pa.decode import AudioFormat, open_clip
+
+CAP = 300_000
+
+
+def tone_mp3(tmp_path: Path, seconds: float = 3.0) -> bytes:
+    path = tmp_path / "tone.mp3"
+    t = np.arange(int(44_100 * seconds)) / 44_100
+    sf.write(str(path), 0.5 * np.sin(2 * np.pi * 440 * t), 44_100, format="MP3")
+    return path.read_bytes()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class ClipServer:
+    """Serves a clip at /clip and every kind of misbehaviour at its own path."""
+
+    clip: bytes
+    base: str = ""
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    sent: dict[str, int] = field(default_factory=dict)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/clip", self.good)
+        app.router.add_get("/hop/{n}", self.hop)
+        app.router.add_get("/loop", self.loop)
+        app.router.add_get("/hang", self.hang)
+        app.router.add_get("/huge-announced", self.huge_announced)
+        app.router.add_get("/endless", self.endless)
+        app.router.add_get("/more-than-announced", self.more_than_announced)
+        app.router.add_get("/text", self.text)
+        return app
+
+    async def good(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.clip, content_type="audio/mpeg")
+
+    async def hop(self, request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        raise web.HTTPFound("/clip" if n == 0 else f"/hop/{n - 1}")
+
+    async def loop(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("/loop")
+
+    async def hang(self, request: web.Request) -> web.Response:
+        await self.release.wait()
+        return web.Response(status=503)
+
+    async def huge_announced(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = CAP * 100
+        await response.prepare(request)
+        self.sent["huge-announced"] = 0
+        for _ in range(CAP * 100 // 10_000):
+            await response.write(bytes(10_000))
+            self.sent["huge-announced"] += 10_000
+            await asyncio.sleep(0.01)
+        return response
+
+    async def endless(self, request: web.Request) -> web.StreamResponse:
+        """No Content-Length (chunked): the body just goes on past the cap."""
+        response = web.StreamResponse()
+        await response.prepare(request)
+        while not self.release.is_set():
+            await response.write(self.clip)
+            await asyncio.sleep(0)
+        return response
+
+    async def more_than_announced(self, request: web.Request) -> web.StreamResponse:
+        """Announces the clip's length, then sends the clip and CAP more bytes."""
+        response = web.StreamResponse()
+        response.content_length = len(self.clip)
+        await response.prepare(request)
+        await response.write(self.clip)
+        assert request.transport is not None
+        request.transport.write(bytes(CAP))  # bypasses aiohttp's own length check
+        return response
+
+    async def text(self, request: web.Request) -> web.Response:
+        return web.Response(body=b"<html>not a sound</html>" * 50, content_type="audio/mpeg")
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[ClipServer]:
+    clip_server = ClipServer(tone_mp3(tmp_path))
+    runner = web.AppRunner(clip_server.app(), shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    clip_server.base = f"http://{host}:{port}"
+    yield clip_server
+    clip_server.release.set()
+    await runner.cleanup()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ClipStore:
+    return ClipStore(tmp_path / "clips", max_bytes=CAP)
+
+
+async def test_good_fetch_lands_in_the_store(server: ClipServer, store: ClipStore) -> None:
+    info = await store.fetch("News", f"{server.base}/clip", sha(server.clip).upper())
+    assert (info.name, info.format, info.sha256) == ("news", "mp3", sha(server.clip))
+    assert info.duration_s == pytest.approx(3.0, abs=0.05)
+    assert store.path("news").read_bytes() == server.clip
+    assert sorted(p.name for p in store.root.iterdir()) == ["index.json", "news.mp3"]
+    source = open_clip(store.path("news"), AudioFormat())
+    assert source.read(1000)
+    source.close()
+
+
+async def test_fetch_follows_up_to_five_redirects(server: ClipServer, store: ClipStore) -> None:
+    info = await store.fetch("hopped", f"{server.base}/hop/4", sha(server.clip))
+    assert info.sha256 == sha(server.clip)
+
+
+async def test_fetch_uses_a_given_session(server: ClipServer, store: ClipStore) -> None:
+    async with aiohttp.ClientSession() as session:
+        await store.fetch("s", f"{server.base}/clip", sha(server.clip), session=session)
+        assert not session.closed
+
+
+@pytest.mark.parametrize(
+    ("path", "digest", "key"),
+    [
+        ("/clip", "0" * 64, "bad_checksum"),
+        ("/missing", None, "fetch_failed"),  # 404
+        ("/hang", None, "fetch_failed"),  # timeout
+        ("/loop", None, "fetch_failed"),  # redirect loop
+        ("/hop/5", None, "fetch_failed"),  # six redirects: one too many
+        ("/huge-announced", None, "too_large"),
+        ("/endless", None, "too_large"),
+        # aiohttp reads no more than announced and sees the rest as a broken next response
+        # (fetch_failed), or the announced part fails the checksum of the whole.
+        ("/more-than-announced", "whole", "fetch_failed|bad_checksum"),
+        ("/text", "text", "bad_audio"),  # right checksum, not audio
+    ],
+)
+async def test_failed_fetch_changes_nothing(
+    server: ClipServer,
+    store: ClipStore,
+    tmp_path: Path,
+    *,
+    path: str,
+    digest: str | None,
+    key: str,
+) -> None:
+    """Each misbehaving server gets its error code; the clip stored before stays, no temp file."""
+    old = tone_mp3(tmp_path, seconds=1.0)
+    before = await store.add("news", old)
+    expected = {
+        None: sha(server.clip),
+        "whole": sha(server.clip + bytes(CAP)),
+        "text": sha(b"<html>not a sound</html>" * 50),
+    }.get(digest, digest)
+    assert expected is not None
+    started = time.monotonic()
+    with pytest.raises(ClipError) as caught:
+        await store.fetch("news", f"{server.base}{path}", expected, timeout_s=2.0)
+    assert caught.value.key in key.split("|"), caught.value
+    assert time.monotonic() - started < 30  # nothing waits for a hung server's whole body
+    assert store.info("news") == before
+    assert store.path("news").read_bytes() == old
+    assert sorted(p.name for p in store.root.iterdir()) == ["index.json", "news.mp3"]
+
+
+async def test_announced_oversize_is_refused_before_reading(
+    server: ClipServer, store: ClipStore
+) -> None:
+    """Content-Length over the cap: refused on the headers, long before the body could end."""
+    with pytest.raises(ClipError) as caught:
+        await store.fetch("big", f"{server.base}/huge-announced", "0" * 64, timeout_s=20)
+    assert caught.value.key == "too_large"
+    assert "announces" in str(caught.value)
+    assert server.sent.get("huge-announced", 0) < CAP * 10
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "digest"),
+    [
+        ("../../etc/passwd", "http://127.0.0.1:9/x", "0" * 64),
+        ("chime", "http://127.0.0.1:9/x", "0" * 64),  # bundled, reserved
+        ("ok", "ftp://127.0.0.1/x", "0" * 64),
+        ("ok", "http://127.0.0.1:9/x", "not-hex"),
+        ("ok", "http://127.0.0.1:9/x", "0" * 63),
+    ],
+)
+async def test_bad_fetch_arguments(store: ClipStore, name: str, url: str, digest: str) -> None:
+    with pytest.raises(ClipError) as caught:
+        await store.fetch(name, url, digest)
+    assert caught.value.key == "bad_args"
+
+
+async def test_connection_refused_is_fetch_failed(store: ClipStore) -> None:
+    with pytest.raises(ClipError) as caught:
+        await store.fetch("x", "http://127.0.0.1:9/clip", "0" * 64, timeout_s=5)
+    assert caught.value.key == "fetch_failed"
