@@ -10,7 +10,15 @@ import asyncio
 import logging
 import sys
 
-from bench import bench_commands, bench_hotspots, bench_http, bench_log, bench_uplink, bench_web
+from bench import (
+    bench_commands,
+    bench_hotspots,
+    bench_http,
+    bench_log,
+    bench_pa,
+    bench_uplink,
+    bench_web,
+)
 from gateway.log import configure_logging
 
 
@@ -27,6 +35,7 @@ def main() -> None:
     print(asyncio.run(bench_commands.run()), flush=True)
     print(asyncio.run(bench_hotspots.run()), flush=True)
     print("\n".join(asyncio.run(bench_web.run())), flush=True)
+    print("\n".join(bench_pa.run()), flush=True)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from gateway.logupload import LogUploader
 from gateway.metrics import build_registry
 from gateway.mqtt import Topics
 from gateway.outbox import Outbox, Stream
+from gateway.pa import PublicAddress
 from gateway.relays import RelayError
 from gateway.state import StateStore
 from gateway.system import SystemMonitor, clock_synced
@@ -116,6 +117,7 @@ class App:
         self.dispatcher: Dispatcher | None = None
         self.control: Control | None = None
         self.hotspots: HotspotMonitor | None = None
+        self.pa: PublicAddress | None = None
         self.components: list[Component] = []
         self.healths: dict[str, Health] = {}
         self._watchdog_withheld: str | None = None
@@ -149,6 +151,9 @@ class App:
             self._uploader.attach(self.outbox)
         self.control = Control(
             settings, state=self.state, on_event=self._append_event, demo=self._demo
+        )
+        self.pa = PublicAddress(
+            settings, state=self.state, on_event=self._append_event, relays=self.control.relays
         )
         self.hotspots = HotspotMonitor(
             settings.hotspots, settings.uplink, state=self.state, on_event=self._append_event
@@ -191,9 +196,11 @@ class App:
             self.control.open(self.dispatcher.dispatch)
         except RelayError as exc:
             raise StartupError.single("relays", str(exc)) from exc
+        self.pa.open(self.dispatcher.dispatch)
         self.components = [
             self.control.relays,
             self.control.scheduler,
+            self.pa,
             system,
             self.link,
             telemetry,
@@ -225,6 +232,8 @@ class App:
             handlers |= self.control.handlers()
         if self.hotspots is not None:
             handlers["hotspots.probe"] = self._hotspots_probe
+        if self.pa is not None:
+            handlers |= self.pa.handlers()
         return handlers
 
     async def _hotspots_probe(self, args: BaseModel, source: Source) -> dict[str, Any]:
@@ -338,6 +347,8 @@ class App:
         try:
             await self.web.start()
         except BaseException:
+            if self.pa is not None:
+                self.pa.close()
             if self.control is not None:
                 self.control.close()
             await self._close_outbox()
@@ -368,6 +379,8 @@ class App:
                 self.started.set()
                 await self._stop.wait()
                 _log.info("app.stopping")
+                if self.pa is not None:
+                    self.pa.close()  # amplifier off first: within 1 s of SIGTERM
                 self._notifier.stopping()
                 if self.link is not None:
                     await self.link.publish_offline()

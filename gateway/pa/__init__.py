@@ -1,1 +1,260 @@
-"""PA (placeholder while gateway.pa.decode lands)."""
+"""The public-address component: clips, player, output device and amplifier, as one part.
+
+:class:`PublicAddress` is built from Settings like the other components, answers the
+``pa.*`` commands, and publishes ``state/pa``. Its failures stay inside it: a missing or
+vanished sound device makes ``device`` ``degraded`` (and the output retries), a clip that
+will not decode fails that item only; the relays, MQTT and the web UI never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from gateway.clock import zone
+from gateway.commands import (
+    CommandError,
+    Handler,
+    PaClipFetchArgs,
+    PaPlayArgs,
+    PaStopArgs,
+    PaVolumeArgs,
+    Source,
+    new_id,
+)
+from gateway.component import Component, EventSink, Health
+from gateway.config import Settings
+from gateway.errors import GatewayError
+from gateway.log import get_logger
+from gateway.pa.amplifier import Amplifier
+from gateway.pa.clips import ClipStore
+from gateway.pa.decode import AudioFormat, open_clip, open_stream
+from gateway.pa.output import NullSink, Output, PyAudioSink, Report, Sink
+from gateway.pa.player import Item, Player, QuietHours
+from gateway.pa.player import Source as PcmReader
+from gateway.state import StateStore
+
+if TYPE_CHECKING:
+    from gateway.relays import RelayBank
+
+__all__ = ["PublicAddress"]
+
+_log = get_logger("pa")
+
+Dispatch = Callable[[dict[str, Any], Source], Awaitable[Any]]
+
+
+class _Silence:
+    """A source with no frames: stands in for a chime that cannot be played."""
+
+    def read(self, frames: int) -> bytes:
+        del frames
+        return b""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class PublicAddress(Component):
+    """The PA of one gateway."""
+
+    name = "pa"
+    critical = False
+    heartbeat_timeout_s = 30.0
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        state: StateStore,
+        on_event: EventSink,
+        relays: RelayBank | None = None,
+    ) -> None:
+        pa = settings.pa
+        self._pa = pa
+        self._state = state
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dirty = asyncio.Event()
+        self.fmt = AudioFormat(rate=pa.sample_rate, channels=2)
+        self.clips = ClipStore(
+            settings.gateway.state_dir / "clips", max_bytes=int(pa.max_clip_mb * 1_000_000)
+        )
+        """The clip store (the web server uploads into it)."""
+        self.output = Output(
+            self._sink,
+            rate=self.fmt.rate,
+            channels=self.fmt.channels,
+            chunk_frames=pa.frames_per_buffer,
+            report=self._report,
+            idle_state="off" if pa.backend == "null" else "ok",
+        )
+        self.amplifier = Amplifier(
+            pa.amp_relay,
+            warmup_s=pa.amp_warmup_s,
+            idle_off_s=pa.amp_idle_off_s,
+            relay_on=lambda: _relay_on(relays, pa.amp_relay),
+            force_off=relays.force_off if relays is not None else None,
+        )
+        self.player = Player(
+            self.output,
+            open_source=self._open_item,
+            open_chime=self._open_chime,
+            on_event=on_event,
+            on_change=self._dirty.set,
+            amplifier=self.amplifier,
+            queue_max=pa.queue_max,
+            volume=pa.volume,
+            emergency_volume=pa.emergency_volume,
+            quiet_hours=QuietHours(pa.quiet_hours),
+            now=lambda: datetime.now(zone()),
+        )
+
+    # ------------------------------------------------------------------ life cycle
+
+    def open(self, dispatch: Dispatch) -> None:
+        """Start the output thread (it finds the device) and take the Dispatcher for the
+        amplifier relay; called in ``App._build``, before READY."""
+        self._loop = asyncio.get_running_loop()
+        self.amplifier.open(dispatch)
+        self.output.start()
+
+    def close(self) -> None:
+        """SIGTERM: amplifier off at once, feeders stopped, device aborted and released."""
+        self.amplifier.force_off()
+        self.player.abort_all()
+        self.output.close(timeout_s=0.5)
+
+    async def run(self, health: Health) -> None:
+        """Publish ``state/pa`` on every change, and each second while something plays."""
+        self._loop = asyncio.get_running_loop()
+        self.output.start()
+        while True:
+            health.beat()
+            await self._state.set("pa", self.snapshot())
+            self._dirty.clear()
+            period = 1.0 if self.player.snapshot()["playing"] else 5.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=period)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``state/pa`` as PROTOCOL.md has it (plus a few helpful fields)."""
+        return {
+            **self.player.snapshot(),
+            "amplifier": self.amplifier.on,
+            "device": self.output.state,
+            "device_reason": self.output.reason,
+            "underruns": self.output.underruns,
+        }
+
+    def summary(self) -> str | None:
+        """A few words for systemd's status line."""
+        if self.output.state == "degraded":
+            return "PA device degraded"
+        playing = self.player.snapshot()["playing"]
+        if playing:
+            return f"PA playing {playing.get('clip') or 'a stream'}"
+        return None
+
+    # ------------------------------------------------------------------ handlers
+
+    def handlers(self) -> dict[str, Handler]:
+        """``pa.play``, ``pa.stop``, ``pa.volume``, ``pa.clip.fetch``."""
+        return {
+            "pa.play": self._play,
+            "pa.stop": self._stop,
+            "pa.volume": self._volume,
+            "pa.clip.fetch": self._fetch,
+        }
+
+    async def _play(self, args: BaseModel, source: Source) -> dict[str, Any]:
+        assert isinstance(args, PaPlayArgs)  # noqa: S101 - the dispatcher validated it
+        clip = args.clip
+        if clip is not None:
+            try:
+                clip = self.clips.info(clip).name
+            except GatewayError as exc:
+                raise CommandError(getattr(exc, "key", "unknown_target"), str(exc)) from exc
+        item = Item(
+            id=new_id("pa"),
+            priority=args.priority,
+            clip=clip,
+            url=args.url,
+            volume=args.volume,
+            repeat=args.repeat,
+            chime=args.chime,
+            resume=args.resume,
+            source=source,
+        )
+        return await self.player.play(item)
+
+    async def _stop(self, args: BaseModel, source: Source) -> dict[str, Any]:
+        assert isinstance(args, PaStopArgs)  # noqa: S101 - the dispatcher validated it
+        return await self.player.stop(args.scope)
+
+    async def _volume(self, args: BaseModel, source: Source) -> dict[str, Any]:
+        assert isinstance(args, PaVolumeArgs)  # noqa: S101 - the dispatcher validated it
+        return self.player.set_volume(args.volume)
+
+    async def _fetch(self, args: BaseModel, source: Source) -> dict[str, Any]:
+        assert isinstance(args, PaClipFetchArgs)  # noqa: S101 - the dispatcher validated it
+        try:
+            info = await self.clips.fetch(
+                args.name, args.url, args.sha256, timeout_s=self._pa.fetch_timeout_s
+            )
+        except GatewayError as exc:
+            raise CommandError(getattr(exc, "key", "fetch_failed"), str(exc)) from exc
+        return info.as_dict()
+
+    # ------------------------------------------------------------------ internals
+
+    def _sink(self) -> Sink:
+        fmt = self.fmt
+        if self._pa.backend == "null":
+            lead = 2 * self._pa.frames_per_buffer / fmt.rate
+            return NullSink(rate=fmt.rate, channels=fmt.channels, lead_s=lead)
+        return PyAudioSink(
+            self._pa.device,
+            rate=fmt.rate,
+            channels=fmt.channels,
+            frames_per_buffer=self._pa.frames_per_buffer,
+        )
+
+    def _report(self, report: Report) -> None:
+        """From the output thread: hand over to the loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._on_report, report)
+
+    def _on_report(self, report: Report) -> None:
+        if report.kind == "device":
+            _log.info("pa.device", state=self.output.state, reason=self.output.reason)
+        self.player.on_report(report)
+        self._dirty.set()
+
+    def _open_item(self, item: Item) -> PcmReader:
+        """In a feeder thread: the decoder for a clip or a live stream."""
+        if item.clip is not None:
+            return open_clip(self.clips.path(item.clip), self.fmt)
+        assert item.url is not None  # noqa: S101 - pa.play has exactly one of them
+        return open_stream(item.url, self.fmt, connect_timeout_s=self._pa.stream_connect_timeout_s)
+
+    def _open_chime(self) -> PcmReader:
+        """The chime clip, or silence if it cannot be played (the item itself still can)."""
+        try:
+            return open_clip(self.clips.path(self._pa.chime), self.fmt)
+        except GatewayError as exc:
+            _log.warning("pa.chime_unavailable", clip=self._pa.chime, error=str(exc))
+            return _Silence()
+
+
+def _relay_on(relays: RelayBank | None, name: str | None) -> bool | None:
+    if relays is None or name is None:
+        return None
+    state = relays.snapshot()["relays"].get(name)
+    return None if state is None else bool(state["on"])
