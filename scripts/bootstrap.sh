@@ -21,6 +21,7 @@ DEBIAN_PACKAGES=(
   pulseaudio        # a real-time null sink behind the ALSA tap for PA timing tests
   libasound2-plugins # the ALSA `pulse` plugin that feeds that sink
   chromium          # the browser that Playwright drives in the web UI tests
+  libsndfile1       # PA decoder, used by soundfile when pip picks its wheel without one (docs/audio.md)
 )
 
 PYTHON="${PYTHON:-python3}"
