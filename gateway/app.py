@@ -343,6 +343,7 @@ class App:
         self.web.attach(
             dispatcher=self.dispatcher,
             scheduler=self.control.scheduler if self.control is not None else None,
+            clips=self.pa.clips if self.pa is not None else None,
         )
         try:
             await self.web.start()
