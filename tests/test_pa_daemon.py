@@ -155,3 +155,24 @@ def _edges(pin: Any, active: bool) -> tuple[list[float], list[float]]:
     offs = [start + t for t, s in zip(times, pin.states[1:], strict=True) if s.state is not active]
     # The line is first driven to "off" when the bank opens; count offs after an on.
     return ons, [t for t in offs if ons and t > ons[0]]
+
+
+async def test_master_volume_is_kept_across_restarts(config_file: ConfigFile) -> None:
+    """pa.volume survives a restart (state_dir/pa.json): the village head turned it down
+    for a reason. A damaged file falls back to pa.volume from the config."""
+    config_file.write()
+    first = App(load_settings(config_file.path))
+    async with running(first):
+        reply = await first.dispatcher.dispatch(  # type: ignore[union-attr]
+            {"id": "vol-1", "type": "pa.volume", "args": {"volume": 35}}, "web"
+        )
+        assert reply.status == "done", reply
+    second = App(load_settings(config_file.path))
+    async with running(second):
+        assert second.pa is not None
+        assert second.pa.snapshot()["volume"] == 35
+    (config_file.state_dir / "pa.json").write_text("{not json")
+    third = App(load_settings(config_file.path))
+    async with running(third):
+        assert third.pa is not None
+        assert third.pa.snapshot()["volume"] == third.settings.pa.volume

@@ -21,8 +21,9 @@ import pytest
 
 from gateway.commands import CommandError
 from gateway.pa.amplifier import Amplifier
+from gateway.pa.decode import DecodeError
 from gateway.pa.output import NullSink, Output, PyAudioSink, Report, Sink, volume_gain
-from gateway.pa.player import Item, Player, QuietHours, Source
+from gateway.pa.player import Amp, Item, Player, QuietHours, Source
 from tests.audio_tap import (
     RATE,
     Pulse,
@@ -70,6 +71,7 @@ async def rig(
     chime: np.ndarray | None = None,
     files: dict[str, Path] | None = None,
     opener: Callable[[Path], Source] = WavSource,
+    amplifier: Amp | None = None,
     **options: Any,
 ) -> AsyncIterator[Rig]:
     """Build output + player over ``sink`` with WAV clips (or ``files`` read by
@@ -107,7 +109,7 @@ async def rig(
         open_chime=open_chime if chime_path is not None else None,
         on_event=on_event,
         on_change=lambda: None,
-        amplifier=Amplifier(None, warmup_s=0, idle_off_s=1, relay_on=lambda: None),
+        amplifier=amplifier or Amplifier(None, warmup_s=0, idle_off_s=1, relay_on=lambda: None),
         **options,
     )
     holder.append(player)
@@ -353,3 +355,68 @@ async def test_master_volume_ramps_without_a_click(
     tail = played[start + 3 * RATE // 2 : start + 7 * RATE // 4]
     assert presence(tail, 440).all()
     assert rms_db(tail) == pytest.approx(rms_db(tone(440, 0.5)) + 40 * math.log10(0.5), abs=1.0)
+
+
+class RecordingAmp:
+    """The player's amplifier interface (``player.Amp``), recording what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self._on = False
+
+    def ready(self) -> bool:
+        return self._on
+
+    async def acquire(self) -> None:
+        self.calls.append("on")
+        self._on = True
+
+    def release(self) -> None:
+        self.calls.append("release")
+
+    async def off_now(self, reason: str) -> None:
+        self.calls.append(f"off:{reason}")
+        self._on = False
+
+    @property
+    def on(self) -> bool:
+        return self._on
+
+
+class GoesBadMidway(WavSource):
+    """A clip whose data turns undecodable 0.3 s in (a corrupt frame on the SD card)."""
+
+    def __init__(self, path: Path, *, bad: bool) -> None:
+        super().__init__(path)
+        self.bad = bad
+        self.frames_read = 0
+
+    def read(self, frames: int) -> bytes:
+        self.frames_read += frames
+        if self.bad and self.frames_read > 0.3 * RATE:
+            raise DecodeError("bad_audio", "corrupt frame 0.3 s in")
+        return super().read(frames)
+
+
+async def test_a_decode_error_mid_play_switches_the_amplifier_off_at_once(
+    tmp_path: Path,
+) -> None:
+    """A clip that stops decoding mid-play fails with pa.failed (reason bad_audio), the
+    amplifier is told to go off at once (not after the idle time), and the next item in
+    the queue still plays."""
+    amp = RecordingAmp()
+
+    def opener(path: Path) -> Source:
+        return GoesBadMidway(path, bad=path.stem == "bad")
+
+    clips = {"bad": tone(440, 2.0), "good": tone(660, 0.5)}
+    async with rig(tmp_path, null_sink, clips=clips, opener=opener, amplifier=amp) as r:
+        await r.player.play(r.item(clip="bad", priority="announcement"))
+        await r.player.play(r.item(clip="good", priority="announcement"))
+        await wait_for(lambda: "pa.failed" in r.kinds(), 10)
+        failed = next(e for e in r.events if e["type"] == "pa.failed")
+        assert (failed["clip"], failed["reason"]) == ("bad", "bad_audio")
+        await wait_for(lambda: "off:bad_audio" in amp.calls, 2)
+        await finished(r, 1)
+        finished_clips = [e["clip"] for e in r.events if e["type"] == "pa.finished"]
+        assert finished_clips == ["good"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -30,6 +32,7 @@ from gateway.commands import (
 from gateway.component import Component, EventSink, Health
 from gateway.config import Settings
 from gateway.errors import GatewayError
+from gateway.files import write_atomic
 from gateway.log import get_logger
 from gateway.pa.amplifier import Amplifier
 from gateway.pa.clips import ClipStore
@@ -81,6 +84,7 @@ class PublicAddress(Component):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty = asyncio.Event()
         self.fmt = AudioFormat(rate=pa.sample_rate, channels=2)
+        self._volume_path = settings.gateway.state_dir / "pa.json"
         self.clips = ClipStore(
             settings.gateway.state_dir / "clips", max_bytes=int(pa.max_clip_mb * 1_000_000)
         )
@@ -108,7 +112,7 @@ class PublicAddress(Component):
             on_change=self._dirty.set,
             amplifier=self.amplifier,
             queue_max=pa.queue_max,
-            volume=pa.volume,
+            volume=_saved_volume(self._volume_path, default=pa.volume),
             emergency_volume=pa.emergency_volume,
             quiet_hours=QuietHours(pa.quiet_hours),
             now=lambda: datetime.now(zone()),
@@ -198,6 +202,10 @@ class PublicAddress(Component):
 
     async def _volume(self, args: BaseModel, source: Source) -> dict[str, Any]:
         assert isinstance(args, PaVolumeArgs)  # noqa: S101 - the dispatcher validated it
+        # Kept across restarts: the village head turned it down for a reason.
+        await asyncio.to_thread(
+            write_atomic, self._volume_path, json.dumps({"volume": args.volume}) + "\n"
+        )
         return self.player.set_volume(args.volume)
 
     async def _fetch(self, args: BaseModel, source: Source) -> dict[str, Any]:
@@ -251,6 +259,21 @@ class PublicAddress(Component):
         except GatewayError as exc:
             _log.warning("pa.chime_unavailable", clip=self._pa.chime, error=str(exc))
             return _Silence()
+
+
+def _saved_volume(path: Path, *, default: int) -> int:
+    """The master volume last set by ``pa.volume``, or ``pa.volume`` from the config."""
+    try:
+        volume = json.loads(path.read_text(encoding="utf-8"))["volume"]
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _log.warning("pa.volume_unreadable", path=str(path), error=str(exc), using=default)
+        return default
+    if isinstance(volume, int) and not isinstance(volume, bool) and 0 <= volume <= 100:
+        return volume
+    _log.warning("pa.volume_unreadable", path=str(path), error="not 0-100", using=default)
+    return default
 
 
 def _relay_on(relays: RelayBank | None, name: str | None) -> bool | None:
