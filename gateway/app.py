@@ -41,6 +41,7 @@ from gateway.outbox import Outbox, Stream
 from gateway.pa import PublicAddress
 from gateway.relays import RelayError
 from gateway.state import StateStore
+from gateway.statemetrics import StateCollector
 from gateway.system import SystemMonitor, clock_synced
 from gateway.systemd import Notifier, watchdog_interval
 from gateway.telemetry import Telemetry
@@ -127,6 +128,11 @@ class App:
             healths=self.healths.values,
             outbox=lambda: self.outbox.stats() if self.outbox else None,
             link=lambda: self.link.stats if self.link else None,
+            extra=[
+                StateCollector(
+                    self.state.all, lambda: self.dispatcher.counts if self.dispatcher else {}
+                )
+            ],
         )
         self.web = WebServer(
             host=self.settings.web.host,

@@ -339,6 +339,8 @@ class Dispatcher:
         self._wall = wall
         self._on_mqtt_reply = on_mqtt_reply
         self._turn = asyncio.Lock()
+        self.counts: dict[tuple[str, str, str], int] = {}
+        """Commands handled by (type, source, status), for ``/metrics``."""
 
     def close(self) -> None:
         """Close the id store."""
@@ -474,6 +476,8 @@ class Dispatcher:
         }
         if reply.error_code is not None:
             event["error"] = reply.error_code
+        key = (command_type or "unknown", source, reply.status)
+        self.counts[key] = self.counts.get(key, 0) + 1
         _log.info("command.handled", **event)
         # Queued together and urgent: one commit stores both, without the group-commit
         # window (the commune is waiting for this reply).

@@ -128,12 +128,15 @@ def build_registry(
     healths: Callable[[], Iterable[Health]],
     outbox: Callable[[], OutboxStats | None],
     link: Callable[[], LinkStats | None],
+    extra: Iterable[Collector] = (),
 ) -> CollectorRegistry:
-    """A registry holding the gateway's collector (and nothing global)."""
+    """A registry holding the gateway's collector and ``extra`` ones (nothing global)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         _GatewayCollector(
             version=version, started=started, healths=healths, outbox=outbox, link=link
         )
     )
+    for collector in extra:
+        registry.register(collector)
     return registry

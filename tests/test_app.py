@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from gateway.app import App, changed_keys
@@ -148,6 +149,50 @@ async def test_metrics_are_prometheus_text(config_file: ConfigFile) -> None:
     assert "vg_uptime_seconds" in text
     assert 'vg_outbox_depth{stream="events"}' in text
     assert "vg_link_connected 0.0" in text  # the test config names no running broker
+
+
+async def test_metrics_cover_relays_pa_hotspots_and_commands(config_file: ConfigFile) -> None:
+    """/metrics, parsed by prometheus-client's own parser, carries the relays, the PA,
+    the hotspots and the commands by type, source and status, as the state shows them."""
+    app = App(load_settings(config_file.path), backoff=FAST)
+    async with running(app):
+        assert app.dispatcher is not None
+        on = await app.dispatcher.dispatch(
+            {"id": "m-1", "type": "relay.set", "args": {"relay": "yard", "on": True}}, "web"
+        )
+        assert on.status == "done"
+        bad = await app.dispatcher.dispatch(
+            {"id": "m-2", "type": "relay.set", "args": {"relay": "moon", "on": True}}, "web"
+        )
+        assert bad.status == "rejected"
+        await wait_for(lambda: "hotspots" in app.state.all() and "pa" in app.state.all())
+
+        def fetch() -> str:
+            url = f"http://127.0.0.1:{config_file.web_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return str(response.read().decode())
+
+        text = await asyncio.to_thread(fetch)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("vg_relay_on", (("relay", "yard"),))] == 1.0
+    assert samples[("vg_relay_manual", (("relay", "yard"),))] == 1.0
+    assert samples[("vg_relay_on", (("relay", "amplifier"),))] == 0.0
+    done = (("source", "web"), ("status", "done"), ("type", "relay.set"))
+    rejected = (("source", "web"), ("status", "rejected"), ("type", "relay.set"))
+    assert samples[("vg_commands_total", done)] == 1.0
+    assert samples[("vg_commands_total", rejected)] == 1.0
+    assert samples[("vg_pa_volume", ())] == app.settings.pa.volume
+    assert samples[("vg_pa_device", (("state", "off"),))] == 1.0  # the null backend
+    hall_states = {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "vg_hotspot_state" and ("hotspot", "hall") in labels
+    }
+    assert sum(hall_states.values()) == 1.0  # exactly one current state
 
 
 async def test_reload_applies_live_keys_and_reports_restart_keys(config_file: ConfigFile) -> None:
