@@ -24,7 +24,7 @@ import aiomqtt
 
 from bench.common import p
 from gateway.mqtt import TCP_NODELAY_OPTION
-from tests.conftest import Broker, clean_env, free_port
+from tests.conftest import Broker, clean_env, free_port, terminate
 
 COMMANDS = 1_000
 
@@ -85,15 +85,6 @@ async def _wait_online(broker: Broker, status_topic: str) -> None:
                     return
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 CONFIG = """
 [gateway]
 id = "{gateway}"
@@ -134,7 +125,7 @@ async def run() -> str:
             await _wait_for_line(echo_log, "ready", echo)
             args: dict[str, object] = {"relay": "yard", "on": True}
             bare = await _round_trips(broker, "b/echo/cmd", "b/echo/reply", "relay.set", args)
-            _stop(echo)
+            terminate(echo)
 
             gateway = f"bench.{uuid.uuid4().hex[:6]}"
             config = workdir / "gateway.toml"
@@ -154,8 +145,7 @@ async def run() -> str:
             )
         finally:
             for process in processes:
-                if process.poll() is None:
-                    _stop(process)
+                terminate(process)
             broker.stop()
     return (
         f"command round trip (relay.set, {COMMANDS} in a row): p50 {p(ours, 50) * 1e3:.2f} ms,"

@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, sync_playwright
 
-from tests.conftest import REPO, Broker, Daemon, clean_env, free_port
+from tests.conftest import REPO, Broker, Daemon, clean_env, free_port, terminate
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -254,13 +254,7 @@ def start_rig(workdir: Path, broker: Broker) -> Iterator[WebRig]:
         daemon.wait_healthy(within_s=30)
         yield WebRig(daemon, hotspot, state_dir)
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process)
         hotspot.close()
 
 

@@ -40,6 +40,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def terminate(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM a child and reap it; SIGKILL if it has not gone within 10 s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def mosquitto_binary() -> str:
     """Debian installs mosquitto in /usr/sbin, often not on a user's PATH."""
     found = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
