@@ -174,7 +174,7 @@ class App:
             hmac_key=_read_key(settings.commands.hmac_key_file),
             rate_per_s=settings.commands.max_per_s,
             burst=settings.commands.burst,
-            on_mqtt_reply=self._send_reply_early,
+            on_mqtt_reply=self._expect_reply,
         )
         self.link = Link(
             settings,
@@ -222,10 +222,12 @@ class App:
         seq = await self.outbox.append(stream, record, urgent=urgent)
         if stream == "events":
             self.web.event(record, seq)
+        elif stream == "replies" and self.link is not None:
+            self.link.reply_stored(record, seq)
 
-    def _send_reply_early(self, reply: dict[str, Any]) -> None:
+    def _expect_reply(self, reply: dict[str, Any]) -> None:
         if self.link is not None:
-            self.link.send_reply_early(reply)
+            self.link.expect_reply(reply.get("id"))
 
     def handled_types(self) -> list[str]:
         """The command types this gateway runs (others answer ``not_available``)."""

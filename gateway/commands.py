@@ -479,13 +479,16 @@ class Dispatcher:
         key = (command_type or "unknown", source, reply.status)
         self.counts[key] = self.counts.get(key, 0) + 1
         _log.info("command.handled", **event)
-        # Queued together and urgent: one commit stores both, without the group-commit
-        # window (the commune is waiting for this reply).
-        writes = [self._record("events", event, True)]
-        if source == "mqtt":
+        # One commit for both, without the group-commit window: the event is queued
+        # first and not urgent, the reply right after it and urgent, so the writer takes
+        # them into one transaction (two urgent appends would each get an fsync of their
+        # own, and the commune would wait for both). Without a reply the event is urgent.
+        replied = source == "mqtt"
+        writes = [self._record("events", event, not replied)]
+        if replied:
             body = reply.as_dict()
             if self._on_mqtt_reply is not None:
-                # Handed to the link before the durable write (see Link.send_reply_early).
+                # The link claims it now and publishes it once stored (Link.expect_reply).
                 self._on_mqtt_reply(body)
             writes.append(self._record("replies", body, True))
         await asyncio.gather(*writes)

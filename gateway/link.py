@@ -15,6 +15,7 @@ again: the server may then see a ``seq`` twice, never a gap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -32,7 +33,7 @@ from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.log import get_logger
 from gateway.mqtt import Topics, describe_error, make_client
-from gateway.outbox import DELIVERY_ORDER, Batch, Outbox, Stream
+from gateway.outbox import DELIVERY_ORDER, Batch, Outbox, Stream, encode_record
 from gateway.state import StateStore
 
 __all__ = ["CommandHandler", "Link", "LinkStats", "TokenBucket", "full_jitter"]
@@ -121,8 +122,24 @@ def full_jitter(failures: int, *, cap_s: float, rng: random.Random) -> float:
 BATCH_LINGER_S = 0.05
 """After an idle spell, how long events, telemetry and logs wait to gather a batch."""
 
+_EARLY_WAIT_S = 5.0
+"""How long the reply loop waits for a reply's publish from memory before sending it."""
+
 _EARLY_REPLIES_MAX = 1000
-"""Replies sent early whose committed copy the reply loop has not reached yet (a bound)."""
+"""Replies published from memory that the reply loop has not passed yet (a bound)."""
+
+
+def _raise_if_cancelled() -> None:
+    """Honour a cancellation that a publish swallowed.
+
+    aiomqtt waits for a PUBACK with ``asyncio.wait_for``, which in Python 3.11 drops a
+    cancellation that arrives just as the PUBACK does. A loop that then goes on to wait
+    for the next change would wait forever, and the daemon's shutdown with it (seen in
+    tests: SIGTERM hung after ``app.stopping``).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Link(Component):
@@ -156,40 +173,61 @@ class Link(Component):
         self._sent_upto: dict[Stream, int] = dict.fromkeys(DELIVERY_ORDER, 0)
         self._client: aiomqtt.Client | None = None
         self._early_replies: dict[str, asyncio.Future[bool]] = {}
+        self._early_seqs: dict[int, asyncio.Future[bool]] = {}
+        """Stored replies (by seq) published from memory: the reply loop skips reading them."""
         self._early_tasks: set[asyncio.Task[None]] = set()
+        self._replies_known = outbox.stats().last_seq.get("replies", 0)
+        """Every stored reply up to this seq has been through :meth:`reply_stored` (or was
+        stored before this process started): the reply loop sends nothing past it."""
+        self._replies_seen = asyncio.Event()
 
-    def send_reply_early(self, reply: dict[str, Any]) -> None:
-        """Publish ``reply`` now, beside (not after) its durable copy in the outbox.
+    def expect_reply(self, reply_id: object) -> None:
+        """A reply with this id is about to be stored; it will be published from memory.
 
-        The commune waits for each reply, and the outbox's fsync is most of a command's
-        round trip. So while connected the reply goes out at once; the reply loop, which
-        reads the committed copy later, publishes it only if this early send failed.
-        A crash in between can at worst send a reply twice (QoS 1 already allows that;
-        the commune drops repeats by ``id``); it never loses one.
+        The commune waits for each reply, and reading it back from the outbox (a wake-up
+        of the reply loop and a hop to the reader thread) was most of a command's round
+        trip. So the link claims the reply before it is stored; :meth:`reply_stored`
+        publishes it the moment its commit returns, and the reply loop, should it read
+        the stored copy first, waits for that publish instead of sending it twice. A
+        reply is still never published before it is stored (ARCHITECTURE.md:
+        acknowledged means stored).
         """
-        client = self._client
-        reply_id = reply.get("id")
         if (
-            client is None
+            self._client is None
             or not isinstance(reply_id, str)
             or reply_id in self._early_replies
             or len(self._early_replies) >= _EARLY_REPLIES_MAX
         ):
             return
-        sent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._early_replies[reply_id] = sent
-        body = json.dumps(reply, ensure_ascii=False).encode()
-        task = asyncio.create_task(self._publish_early(client, body, sent))
+        self._early_replies[reply_id] = asyncio.get_running_loop().create_future()
+
+    def reply_stored(self, reply: dict[str, Any], seq: int) -> None:
+        """The outbox committed ``reply`` as ``seq``: publish it now if it was claimed."""
+        self._replies_known = max(self._replies_known, seq)
+        self._replies_seen.set()
+        reply_id = reply.get("id")
+        sent = self._early_replies.pop(reply_id, None) if isinstance(reply_id, str) else None
+        client = self._client
+        if sent is None:
+            return
+        if client is None:
+            sent.set_result(False)
+            return
+        if len(self._early_seqs) >= _EARLY_REPLIES_MAX:
+            self._early_seqs.clear()  # stale entries only; the loop then reads and sends
+        self._early_seqs[seq] = sent
+        body = encode_record({"seq": seq, **reply}).encode()
+        task = asyncio.create_task(self._publish_stored(client, body, sent))
         self._early_tasks.add(task)
         task.add_done_callback(self._early_tasks.discard)
 
-    async def _publish_early(
+    async def _publish_stored(
         self, client: aiomqtt.Client, body: bytes, sent: asyncio.Future[bool]
     ) -> None:
         try:
             await client.publish(self.topics.reply, body, qos=1, timeout=30)
         except (aiomqtt.MqttError, TimeoutError) as exc:
-            _log.info("link.early_reply_failed", reason=describe_error(exc))
+            _log.info("link.reply_not_sent", reason=describe_error(exc), then="from the outbox")
             sent.set_result(False)
         except BaseException:
             sent.set_result(False)
@@ -197,16 +235,30 @@ class Link(Component):
         else:
             sent.set_result(True)
 
-    async def _sent_early(self, body: str) -> bool:
-        """True when this committed reply already went out through :meth:`send_reply_early`."""
-        if not self._early_replies:
+    async def _skip_sent_early(self, cursor: dict[Stream, int]) -> None:
+        """Acknowledge, without reading them back, the stored replies after the cursor
+        that :meth:`reply_stored` published."""
+        while (sent := self._early_seqs.pop(cursor["replies"] + 1, None)) is not None:
+            seq = cursor["replies"] + 1
+            if not await sent:
+                # That publish failed: the copy is read and published as usual.
+                return
+            self._outbox.acknowledge(Batch("replies", seq, seq, ()))
+            self._sent_upto["replies"] = max(self._sent_upto["replies"], seq)
+            cursor["replies"] = seq
+            self.stats.published_batches += 1
+            self.stats.published_records += 1
+
+    async def _sent_early(self, batch: Batch) -> bool:
+        """True when this stored reply went out through :meth:`reply_stored`."""
+        sent = self._early_seqs.pop(batch.first_seq, None)
+        if sent is None:
             return False
         try:
-            reply_id = json.loads(body).get("id")
-        except (ValueError, AttributeError):
+            async with asyncio.timeout(_EARLY_WAIT_S):
+                return await asyncio.shield(sent)
+        except TimeoutError:
             return False
-        sent = self._early_replies.pop(reply_id, None) if isinstance(reply_id, str) else None
-        return sent is not None and await sent
 
     def summary(self) -> str:
         """For systemd's STATUS line."""
@@ -331,6 +383,7 @@ class Link(Component):
                     snapshot = self._state.snapshot(component)
                     body = json.dumps(snapshot, ensure_ascii=False, default=repr).encode()
                     await client.publish(self.topics.state(component), body, qos=1, retain=True)
+                    _raise_if_cancelled()
             seen = versions
             await self._state.wait_changed(seen)
 
@@ -372,8 +425,26 @@ class Link(Component):
         slots = asyncio.Semaphore(MAX_INFLIGHT)
         epoch = self._outbox.epoch
         while True:
+            _raise_if_cancelled()
             version = self._outbox.version
+            if bucket is None:
+                await self._skip_sent_early(cursor)
             batch = await self._next_batch(streams, cursor)
+            if (
+                batch is not None
+                and batch.stream == "replies"
+                and batch.first_seq > self._replies_known
+                and self._early_replies
+            ):
+                # Committed a moment ago while a claimed reply is on its way to
+                # reply_stored, which decides whether it goes out from memory: ask again
+                # after that, instead of sending it a second time.
+                self._replies_seen.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_EARLY_WAIT_S):
+                        await self._replies_seen.wait()
+                self._replies_known = max(self._replies_known, batch.first_seq)
+                continue
             if batch is None:
                 await self._outbox.wait_for_records(version, 1.0)
                 if bucket is not None and self._outbox.version != version:
@@ -410,7 +481,7 @@ class Link(Component):
     ) -> None:
         try:
             if batch.stream == "replies":
-                if await self._sent_early(batch.bodies[0]):
+                if await self._sent_early(batch):
                     self._outbox.acknowledge(batch)
                     self.stats.published_batches += 1
                     self.stats.published_records += 1

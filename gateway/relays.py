@@ -355,6 +355,8 @@ class RelayBank(Component):
                 relay.cancel_timer()
             relay.mode = "manual"
             self._request(relay, bool(on), source)
+            if for_s is not None or timer_pending:
+                self._wake.set()  # a new or cancelled deadline for the run loop
             self._settle()
             await self._commit()
             return self._relay_state(relay)
@@ -506,7 +508,12 @@ class RelayBank(Component):
         return [r for r in self._relays.values() if r is not relay and r.config.interlock == group]
 
     def _request(self, relay: _Relay, on: bool, source: str) -> None:
-        """Record ``on`` as the wanted state; :meth:`_settle` switches when allowed."""
+        """Record ``on`` as the wanted state; :meth:`_settle` switches when allowed.
+
+        The run loop is woken only when something changed: a relay already in the
+        requested state (the commune repeating a command) costs no extra pass.
+        """
+        changed = relay.wanted != on or relay.on != on
         relay.wanted = on
         relay.source = source
         if on:
@@ -516,7 +523,9 @@ class RelayBank(Component):
                     peer.wanted = False
                     peer.mode = "manual"
                     peer.source = f"interlock:{relay.name}"
-        self._wake.set()
+                    changed = True
+        if changed:
+            self._wake.set()
 
     def _allowed_at(self, relay: _Relay) -> float:
         if relay.last_switch is None:
@@ -548,6 +557,7 @@ class RelayBank(Component):
         relay.on = on
         relay.last_switch = now
         relay.on_since = now if on else None
+        self._wake.set()  # the next deadline moved (min interval, max_on_s)
         relay.changed_at = self._wall()
         relay.on_since_wall = relay.changed_at if on else None
         event = {

@@ -17,12 +17,18 @@ __all__ = ["StateStore"]
 
 
 class StateStore:
-    """Latest snapshot per component, with a version counter listeners can wait on."""
+    """Latest snapshot per component, with a version counter listeners can wait on.
+
+    Listeners wait on futures of their own rather than an ``asyncio.Condition``: a
+    cancelled ``Condition.wait`` must take the lock back before it may finish, and with
+    several listeners (the MQTT link and the web feed) Python 3.11 can leave a cancelled
+    one waiting for that lock forever, which hung the daemon's shutdown.
+    """
 
     def __init__(self) -> None:
         self._snapshots: dict[str, dict[str, Any]] = {}
         self._versions: dict[str, int] = {}
-        self._changed = asyncio.Condition()
+        self._waiters: set[asyncio.Future[None]] = set()
 
     def snapshot(self, component: str) -> dict[str, Any] | None:
         """The latest snapshot of ``component``, or None before its first one."""
@@ -38,14 +44,19 @@ class StateStore:
 
     async def set(self, component: str, snapshot: dict[str, Any]) -> None:
         """Replace ``component``'s snapshot (adds ``ts``) and wake the listeners."""
-        stamped = {"ts": now_iso(), **snapshot}
-        async with self._changed:
-            self._snapshots[component] = stamped
-            self._versions[component] = self._versions.get(component, 0) + 1
-            self._changed.notify_all()
+        self._snapshots[component] = {"ts": now_iso(), **snapshot}
+        self._versions[component] = self._versions.get(component, 0) + 1
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait_changed(self, seen: dict[str, int]) -> dict[str, int]:
         """Wait until some version differs from ``seen``; return the current versions."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._versions != seen)
-            return dict(self._versions)
+        while self._versions == seen:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.discard(waiter)
+        return dict(self._versions)

@@ -71,12 +71,20 @@ async def test_pa_commands_over_mqtt(
         assert stop["status"] == "done"
         assert stop["result"]["stopped"]
         await wait_for(lambda: (pa_state(seen.messages) or {}).get("playing") is None, 15)
-        events = [
-            record
-            for topic, body, _ in seen.messages
-            if topic.endswith("/events")
-            for record in body["records"]
-        ]
+
+        def uploaded_events() -> list[dict[str, Any]]:
+            return [
+                record
+                for topic, body, _ in seen.messages
+                if topic.endswith("/events")
+                for record in body["records"]
+            ]
+
+        # Events go up in batches, a moment after they happen.
+        await wait_for(
+            lambda: {"pa.started", "pa.finished"} <= {e["type"] for e in uploaded_events()}, 15
+        )
+        events = uploaded_events()
     assert daemon.stop()[0] == 0
     kinds = {e["type"] for e in events}
     assert {"pa.started", "pa.finished"} <= kinds

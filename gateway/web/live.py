@@ -109,17 +109,20 @@ class LiveHub:
     def event(self, event: Mapping[str, Any], seq: int | None = None) -> dict[str, Any]:
         """Keep an event in the ring and push it to every page."""
         record = self.ring.add(event, seq)
-        self._fan_out(encode({"kind": "event", "event": record}), logs_only=False)
+        if self._pages:  # no page open (most of the time): nothing to encode
+            self._fan_out(encode({"kind": "event", "event": record}), logs_only=False)
         return record
 
     def state(self, component: str, snapshot: Mapping[str, Any]) -> None:
         """Push one component's new snapshot to every page."""
-        message = {"kind": "state", "component": component, "snapshot": snapshot}
-        self._fan_out(encode(message), logs_only=False)
+        if self._pages:
+            message = {"kind": "state", "component": component, "snapshot": snapshot}
+            self._fan_out(encode(message), logs_only=False)
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Push a log line to the pages of logged-in operators."""
-        self._fan_out(encode({"kind": "log", "record": record}), logs_only=True)
+        if self._pages:
+            self._fan_out(encode({"kind": "log", "record": record}), logs_only=True)
 
     def _fan_out(self, text: str, *, logs_only: bool) -> None:
         for page in self._pages:
