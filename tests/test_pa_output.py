@@ -98,6 +98,8 @@ async def test_device_vanishing_mid_play_degrades_retries_and_recovers(
         await wait_for(lambda: alsa_tap.frames("pa_rt") > RATE, 15)
         pulse.stop()
         await wait_for(lambda: r.output.state == "degraded", 15)
+        # The event is handed to its sink by a task of its own, a moment after the state.
+        await wait_for(lambda: any(e["type"] == "pa.failed" for e in r.events), 15)
         lost = next(e for e in r.events if e["type"] == "pa.failed")
         assert (lost["reason"], lost["then"]) == ("device_lost", "resume")
         assert r.player.snapshot()["playing"] is None
