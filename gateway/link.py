@@ -330,7 +330,6 @@ class Link(Component):
                 broker=f"{self._settings.mqtt.host}:{self._settings.mqtt.port}",
                 connects=self.stats.connects,
             )
-            await client.publish(self.topics.status, self._presence(True), qos=1, retain=True)
             topics = [self.topics.cmd] + [
                 self.topics.group_cmd(g) for g in self._settings.gateway.groups
             ]
@@ -341,6 +340,10 @@ class Link(Component):
                 await client.subscribe([(topic, options) for topic in topics])
             else:
                 await client.subscribe([(topic, 1) for topic in topics])
+            # "online" only once subscribed: a commune that sends a command the moment it
+            # sees us online must not have it dropped by the broker for want of a
+            # subscription (the first session of a new gateway id has none stored).
+            await client.publish(self.topics.status, self._presence(True), qos=1, retain=True)
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._receive(client))
