@@ -109,22 +109,25 @@ class LiveHub:
     def event(self, event: Mapping[str, Any], seq: int | None = None) -> dict[str, Any]:
         """Keep an event in the ring and push it to every page."""
         record = self.ring.add(event, seq)
-        if self._pages:  # no page open (most of the time): nothing to encode
-            self._fan_out(encode({"kind": "event", "event": record}), logs_only=False)
+        self._fan_out({"kind": "event", "event": record}, logs_only=False)
         return record
 
     def state(self, component: str, snapshot: Mapping[str, Any]) -> None:
         """Push one component's new snapshot to every page."""
-        if self._pages:
-            message = {"kind": "state", "component": component, "snapshot": snapshot}
-            self._fan_out(encode(message), logs_only=False)
+        self._fan_out(
+            {"kind": "state", "component": component, "snapshot": snapshot}, logs_only=False
+        )
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Push a log line to the pages of logged-in operators."""
-        if self._pages:
-            self._fan_out(encode({"kind": "log", "record": record}), logs_only=True)
+        self._fan_out({"kind": "log", "record": record}, logs_only=True)
 
-    def _fan_out(self, text: str, *, logs_only: bool) -> None:
+    def _fan_out(self, message: Mapping[str, Any], *, logs_only: bool) -> None:
+        """Encode ``message`` once for every page; with no page open (most of the
+        time, and on every command) nothing is encoded at all."""
+        if not self._pages:
+            return
+        text = encode(message)
         for page in self._pages:
             if page.session is not None or not logs_only:
                 page.offer(text)
