@@ -122,10 +122,10 @@ def full_jitter(failures: int, *, cap_s: float, rng: random.Random) -> float:
 BATCH_LINGER_S = 0.05
 """After an idle spell, how long events, telemetry and logs wait to gather a batch."""
 
-_EARLY_WAIT_S = 5.0
+_FROM_MEMORY_WAIT_S = 5.0
 """How long the reply loop waits for a reply's publish from memory before sending it."""
 
-_EARLY_REPLIES_MAX = 1000
+_CLAIMED_MAX = 1000
 """Replies published from memory that the reply loop has not passed yet (a bound)."""
 
 
@@ -172,10 +172,11 @@ class Link(Component):
         self.stats = LinkStats()
         self._sent_upto: dict[Stream, int] = dict.fromkeys(DELIVERY_ORDER, 0)
         self._client: aiomqtt.Client | None = None
-        self._early_replies: dict[str, asyncio.Future[bool]] = {}
-        self._early_seqs: dict[int, asyncio.Future[bool]] = {}
+        self._claimed: dict[str, asyncio.Future[bool]] = {}
+        """Replies (by id) about to be stored, to be published from memory once stored."""
+        self._from_memory: dict[int, asyncio.Future[bool]] = {}
         """Stored replies (by seq) published from memory: the reply loop skips reading them."""
-        self._early_tasks: set[asyncio.Task[None]] = set()
+        self._reply_tasks: set[asyncio.Task[None]] = set()
         self._replies_known = outbox.stats().last_seq.get("replies", 0)
         """Every stored reply up to this seq has been through :meth:`reply_stored` (or was
         stored before this process started): the reply loop sends nothing past it."""
@@ -195,31 +196,31 @@ class Link(Component):
         if (
             self._client is None
             or not isinstance(reply_id, str)
-            or reply_id in self._early_replies
-            or len(self._early_replies) >= _EARLY_REPLIES_MAX
+            or reply_id in self._claimed
+            or len(self._claimed) >= _CLAIMED_MAX
         ):
             return
-        self._early_replies[reply_id] = asyncio.get_running_loop().create_future()
+        self._claimed[reply_id] = asyncio.get_running_loop().create_future()
 
     def reply_stored(self, reply: dict[str, Any], seq: int) -> None:
         """The outbox committed ``reply`` as ``seq``: publish it now if it was claimed."""
         self._replies_known = max(self._replies_known, seq)
         self._replies_seen.set()
         reply_id = reply.get("id")
-        sent = self._early_replies.pop(reply_id, None) if isinstance(reply_id, str) else None
+        sent = self._claimed.pop(reply_id, None) if isinstance(reply_id, str) else None
         client = self._client
         if sent is None:
             return
         if client is None:
             sent.set_result(False)
             return
-        if len(self._early_seqs) >= _EARLY_REPLIES_MAX:
-            self._early_seqs.clear()  # stale entries only; the loop then reads and sends
-        self._early_seqs[seq] = sent
+        if len(self._from_memory) >= _CLAIMED_MAX:
+            self._from_memory.clear()  # stale entries only; the loop then reads and sends
+        self._from_memory[seq] = sent
         body = encode_record({"seq": seq, **reply}).encode()
         task = asyncio.create_task(self._publish_stored(client, body, sent))
-        self._early_tasks.add(task)
-        task.add_done_callback(self._early_tasks.discard)
+        self._reply_tasks.add(task)
+        task.add_done_callback(self._reply_tasks.discard)
 
     async def _publish_stored(
         self, client: aiomqtt.Client, body: bytes, sent: asyncio.Future[bool]
@@ -235,30 +236,32 @@ class Link(Component):
         else:
             sent.set_result(True)
 
-    async def _skip_sent_early(self, cursor: dict[Stream, int]) -> None:
+    async def _skip_published_from_memory(self, cursor: dict[Stream, int]) -> None:
         """Acknowledge, without reading them back, the stored replies after the cursor
         that :meth:`reply_stored` published."""
-        while (sent := self._early_seqs.pop(cursor["replies"] + 1, None)) is not None:
-            seq = cursor["replies"] + 1
-            if not await sent:
-                # That publish failed: the copy is read and published as usual.
-                return
-            self._outbox.acknowledge(Batch("replies", seq, seq, ()))
+        while (seq := cursor["replies"] + 1) in self._from_memory:
+            if not await self._published_from_memory(seq):
+                return  # that publish failed: the copy is read and published as usual
             self._sent_upto["replies"] = max(self._sent_upto["replies"], seq)
             cursor["replies"] = seq
-            self.stats.published_batches += 1
-            self.stats.published_records += 1
+            self._acknowledge(Batch("replies", seq, seq, ()))
 
-    async def _sent_early(self, batch: Batch) -> bool:
-        """True when this stored reply went out through :meth:`reply_stored`."""
-        sent = self._early_seqs.pop(batch.first_seq, None)
+    async def _published_from_memory(self, seq: int) -> bool:
+        """True once the stored reply ``seq`` went out through :meth:`reply_stored`."""
+        sent = self._from_memory.pop(seq, None)
         if sent is None:
             return False
         try:
-            async with asyncio.timeout(_EARLY_WAIT_S):
+            async with asyncio.timeout(_FROM_MEMORY_WAIT_S):
                 return await asyncio.shield(sent)
         except TimeoutError:
             return False
+
+    def _acknowledge(self, batch: Batch) -> None:
+        """The broker has ``batch``: let the outbox mark it delivered, and count it."""
+        self._outbox.acknowledge(batch)
+        self.stats.published_batches += 1
+        self.stats.published_records += len(batch.bodies) or 1
 
     def summary(self) -> str:
         """For systemd's STATUS line."""
@@ -431,20 +434,20 @@ class Link(Component):
             _raise_if_cancelled()
             version = self._outbox.version
             if bucket is None:
-                await self._skip_sent_early(cursor)
+                await self._skip_published_from_memory(cursor)
             batch = await self._next_batch(streams, cursor)
             if (
                 batch is not None
                 and batch.stream == "replies"
                 and batch.first_seq > self._replies_known
-                and self._early_replies
+                and self._claimed
             ):
                 # Committed a moment ago while a claimed reply is on its way to
                 # reply_stored, which decides whether it goes out from memory: ask again
                 # after that, instead of sending it a second time.
                 self._replies_seen.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_EARLY_WAIT_S):
+                    async with asyncio.timeout(_FROM_MEMORY_WAIT_S):
                         await self._replies_seen.wait()
                 self._replies_known = max(self._replies_known, batch.first_seq)
                 continue
@@ -484,10 +487,8 @@ class Link(Component):
     ) -> None:
         try:
             if batch.stream == "replies":
-                if await self._sent_early(batch):
-                    self._outbox.acknowledge(batch)
-                    self.stats.published_batches += 1
-                    self.stats.published_records += 1
+                if await self._published_from_memory(batch.first_seq):
+                    self._acknowledge(batch)
                     return
                 topic, payload = self.topics.reply, batch.bodies[0].encode()
             else:
@@ -496,6 +497,4 @@ class Link(Component):
             await client.publish(topic, payload, qos=1, timeout=30)
         finally:
             slots.release()
-        self._outbox.acknowledge(batch)
-        self.stats.published_batches += 1
-        self.stats.published_records += len(batch.bodies)
+        self._acknowledge(batch)
