@@ -24,7 +24,6 @@ import math
 import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,7 @@ import pytest
 from gateway.pa.amplifier import Amplifier
 from gateway.pa.clips import BUNDLED_DIR
 from gateway.pa.decode import AudioFormat, open_clip
-from gateway.pa.output import Output, PyAudioSink, Report, volume_gain
+from gateway.pa.output import DeviceError, Output, PyAudioSink, Report, find_device, volume_gain
 from gateway.pa.player import Item, Player
 from tests.audio_tap import RATE, Tap, alsa_tap, first_frame, frequency, rms_db
 from tests.test_app import wait_for
@@ -89,20 +88,13 @@ class Recorder:
 
 
 def _input_index(audio: Any, name: str) -> int:
-    """PortAudio's index of the capture device ``name`` (exact, or plughw:CARD=x,DEV=n)."""
-    inputs = [audio.get_device_info_by_index(i) for i in range(audio.get_device_count())]
-    inputs = [d for d in inputs if int(d.get("maxInputChannels", 0)) > 0]
-    wanted = {name}
-    if name.startswith("plughw:CARD="):
-        card_id, _, dev = name.removeprefix("plughw:CARD=").partition(",DEV=")
-        with contextlib.suppress(OSError):
-            card = os.readlink(Path("/proc/asound") / card_id).removeprefix("card")
-            wanted.add(f"(hw:{card},{dev})")
-    for info in inputs:
-        if any(str(info["name"]) == w or str(info["name"]).endswith(w) for w in wanted):
-            return int(info["index"])
-    have = ", ".join(repr(d["name"]) for d in inputs) or "none"
-    pytest.fail(f"no capture device {name!r} (PortAudio lists {have})")
+    """PortAudio's index of the capture device ``name``, found as the daemon finds its
+    output (exact name, or plughw:CARD=x,DEV=n through /proc/asound)."""
+    devices = [audio.get_device_info_by_index(i) for i in range(audio.get_device_count())]
+    try:
+        return find_device(devices, name, direction="input")
+    except DeviceError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

@@ -51,6 +51,11 @@ def test_device_is_found_by_alsa_name_never_by_index(tmp_path: Path) -> None:
     assert "in:mic" not in str(info.value)
     with pytest.raises(DeviceError):
         find_device(listed, "2", proc)  # an index is not a name
+    # The HIL recorder looks up its capture device the same way.
+    captures = [{**d, "maxInputChannels": 2 if d["name"] == "in:mic" else 0} for d in listed]
+    assert find_device(captures, "in:mic", proc, direction="input") == 0
+    with pytest.raises(DeviceError, match="no input device 'pa_out'"):
+        find_device(captures, "pa_out", proc, direction="input")
 
 
 def test_missing_device_opens_with_a_clear_error(alsa_tap: Tap) -> None:

@@ -126,14 +126,21 @@ class Sink(Protocol):
         """Release the device; idempotent."""
 
 
-def find_device(devices: list[dict[str, Any]], name: str, proc: Path = Path("/proc/asound")) -> int:
-    """PortAudio's index of the output device called ``name`` in this boot.
+def find_device(
+    devices: list[dict[str, Any]],
+    name: str,
+    proc: Path = Path("/proc/asound"),
+    *,
+    direction: Literal["output", "input"] = "output",
+) -> int:
+    """PortAudio's index of the output (or input) device called ``name`` in this boot.
 
     ``devices`` is PortAudio's list (``get_device_info_by_index`` of each). Raises
     DeviceError("device_missing") naming what there is instead.
     """
-    outputs = [d for d in devices if int(d.get("maxOutputChannels", 0)) > 0]
-    for info in outputs:
+    channels = "maxOutputChannels" if direction == "output" else "maxInputChannels"
+    usable = [d for d in devices if int(d.get(channels, 0)) > 0]
+    for info in usable:
         if info.get("name") == name:
             return int(info["index"])
     match = _CARD_NAME.fullmatch(name)
@@ -142,11 +149,11 @@ def find_device(devices: list[dict[str, Any]], name: str, proc: Path = Path("/pr
         with contextlib.suppress(OSError):
             card = os.readlink(proc / card_id).removeprefix("card")
             suffix = f"(hw:{card},{dev})"
-            for info in outputs:
+            for info in usable:
                 if str(info.get("name", "")).endswith(suffix):
                     return int(info["index"])
-    have = ", ".join(repr(d.get("name")) for d in outputs) or "none"
-    raise DeviceError("device_missing", f"no output device {name!r} (PortAudio lists {have})")
+    have = ", ".join(repr(d.get("name")) for d in usable) or "none"
+    raise DeviceError("device_missing", f"no {direction} device {name!r} (PortAudio lists {have})")
 
 
 class PyAudioSink:
