@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,9 @@ from gateway.log import configure_logging, get_logger
 from gateway.web.auth import PasswordFile
 from gateway.web.live import LOG_TAP
 from gateway.web.server import CSP
-from tests.conftest import ConfigFile, clean_env
+from tests.conftest import ConfigFile
 from tests.test_app import running, wait_for
-from tests.webrig import PASSWORD, web_rig
+from tests.webrig import PASSWORD, set_password, web_rig
 
 
 async def _ws_messages(ws: aiohttp.ClientWebSocketResponse, kind: str, count: int = 1) -> list[Any]:
@@ -243,15 +241,7 @@ async def test_clip_endpoints_answer_not_available_without_a_clip_store(tmp_path
 def test_set_password_from_a_pipe_writes_a_private_hash(config_file: ConfigFile) -> None:
     """``village-gateway set-password`` reads stdin, stores an scrypt hash with mode 0600."""
     config_file.state_dir.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "set-password", "--config", str(config_file.path)],
-        input="mật khẩu mới 2024\n",
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-        check=False,
-    )
+    result = set_password(config_file.path, "mật khẩu mới 2024\n")
     assert result.returncode == 0, result.stderr
     stored = PasswordFile(config_file.state_dir)
     assert stat.S_IMODE(os.stat(stored.path).st_mode) == 0o600
@@ -259,15 +249,7 @@ def test_set_password_from_a_pipe_writes_a_private_hash(config_file: ConfigFile)
     assert encoded is not None
     assert encoded.startswith("scrypt$")
     assert "mật khẩu" not in encoded
-    short = subprocess.run(
-        [sys.executable, "-m", "gateway", "set-password", "--config", str(config_file.path)],
-        input="ngắn\n",
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-        check=False,
-    )
+    short = set_password(config_file.path, "ngắn\n")
     assert short.returncode == 1
     assert "at least 8 characters" in short.stderr
     assert stored.read() == encoded  # nothing changed

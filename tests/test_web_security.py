@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,7 @@ from gateway.log import configure_logging
 from gateway.web.auth import PasswordFile
 from gateway.web.live import LOG_TAP
 from gateway.web.server import ALLOWLIST, CSP, PUBLIC_STATUS
-from tests.conftest import clean_env
-from tests.webrig import PASSWORD, Rig, web_rig
+from tests.webrig import PASSWORD, Rig, set_password, web_rig
 
 EXPECTED_ALLOWLIST = {
     "/",
@@ -307,16 +304,7 @@ async def test_set_password_on_the_command_line_logs_everyone_out(tmp_path: Path
     config.write_text(f'[gateway]\nid = "test.gw1"\nstate_dir = "{state_dir}"\n')
     async with web_rig(state_dir) as rig:
         token, _ = await _login_token(rig)
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "gateway", "set-password", "--config", str(config)],
-            input="mật khẩu từ dòng lệnh\n",
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            timeout=60,
-            check=False,
-        )
+        result = await asyncio.to_thread(set_password, config, "mật khẩu từ dòng lệnh\n")
         assert result.returncode == 0, result.stderr
         assert (await rig.client.get("/api/v1/state", headers=_as(token))).status == 401
         assert (await rig.login()).status == 401

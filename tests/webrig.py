@@ -7,6 +7,8 @@ session expiry and lockouts are tested without waiting.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -25,6 +27,7 @@ from gateway.outbox import Stream
 from gateway.state import StateStore
 from gateway.web import HealthReport, WebServer
 from gateway.web.api import ClipsLike
+from tests.conftest import clean_env
 
 PASSWORD = "mật khẩu đủ dài"  # noqa: S105 - the test's own password
 
@@ -102,6 +105,19 @@ class Rig:
         assert response.status == 200, await response.text()
         body: dict[str, Any] = await response.json()
         return body
+
+
+def set_password(config: Path, typed: str) -> subprocess.CompletedProcess[str]:
+    """``village-gateway set-password --config CONFIG`` with ``typed`` on a pipe."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "set-password", "--config", str(config)],
+        input=typed,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
 
 
 def settings_for(state_dir: Path, **web: object) -> Settings:
