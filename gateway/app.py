@@ -217,13 +217,15 @@ class App:
             (c.name, Health(c.name, c.critical, c.heartbeat_timeout_s)) for c in self.components
         )
 
-    async def _record(self, stream: Stream, record: dict[str, Any], urgent: bool) -> None:
+    async def _record(self, records: list[tuple[Stream, dict[str, Any]]]) -> None:
+        """A command's event (and reply): stored together at once, then passed on."""
         assert self.outbox is not None  # noqa: S101 - opened before the dispatcher exists
-        seq = await self.outbox.append(stream, record, urgent=urgent)
-        if stream == "events":
-            self.web.event(record, seq)
-        elif stream == "replies" and self.link is not None:
-            self.link.reply_stored(record, seq)
+        seqs = await self.outbox.append_now(records)
+        for (stream, record), seq in zip(records, seqs, strict=True):
+            if stream == "events":
+                self.web.event(record, seq)
+            elif stream == "replies" and self.link is not None:
+                self.link.reply_stored(record, seq)
 
     def _expect_reply(self, reply: dict[str, Any]) -> None:
         if self.link is not None:

@@ -318,7 +318,7 @@ class Dispatcher:
         *,
         state_dir: Path,
         handlers: Mapping[str, Handler],
-        record: Callable[[Stream, dict[str, Any], bool], Awaitable[object]],
+        record: Callable[[list[tuple[Stream, dict[str, Any]]]], Awaitable[object]],
         clock_synced: Callable[[], bool],
         default_ttl_s: int = 300,
         max_bytes: int = 64 * 1024,
@@ -479,19 +479,16 @@ class Dispatcher:
         key = (command_type or "unknown", source, reply.status)
         self.counts[key] = self.counts.get(key, 0) + 1
         _log.info("command.handled", **event)
-        # One commit for both, without the group-commit window: the event is queued
-        # first and not urgent, the reply right after it and urgent, so the writer takes
-        # them into one transaction (two urgent appends would each get an fsync of their
-        # own, and the commune would wait for both). Without a reply the event is urgent.
-        replied = source == "mqtt"
-        writes = [self._record("events", event, not replied)]
-        if replied:
+        # The event and the reply in one commit, without the group-commit window: the
+        # commune waits for the reply, and two commits would cost it two fsyncs.
+        records: list[tuple[Stream, dict[str, Any]]] = [("events", event)]
+        if source == "mqtt":
             body = reply.as_dict()
             if self._on_mqtt_reply is not None:
                 # The link claims it now and publishes it once stored (Link.expect_reply).
                 self._on_mqtt_reply(body)
-            writes.append(self._record("replies", body, True))
-        await asyncio.gather(*writes)
+            records.append(("replies", body))
+        await self._record(records)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -473,6 +473,8 @@ class Link(Component):
         self, streams: tuple[Stream, ...], cursor: dict[Stream, int]
     ) -> Batch | None:
         for stream in streams:
+            if cursor[stream] >= self._outbox.last_seq(stream):
+                continue  # nothing committed past the cursor: no hop to the reader thread
             # A reply is one message of its own (PROTOCOL.md); other streams batch.
             limit = 1 if stream == "replies" else BATCH_MAX_RECORDS
             batch = await self._outbox.read(

@@ -18,9 +18,15 @@ Why it looks like this:
   halves the bytes the card sees per record (see ``bench/bench_uplink.py``).
 - **Bounded.** Past ``max_bytes`` the oldest records are dropped by class: logs first,
   then telemetry, then events, replies last; every drop is counted and reported.
-- **One writer thread** owns the write connection; reads for the uplink use a second
-  connection in a second thread, and see only committed records: a record is never
-  published before it is durable, so a crash can never make a ``seq`` mean two things.
+- **One writer thread** commits everything that may wait; reads for the uplink use a
+  second connection in a second thread, and see only committed records: a record is
+  never published before it is durable, so a crash can never make a ``seq`` mean two
+  things.
+- **A command's records are committed on the event loop** when the writer is idle
+  (:meth:`Outbox.append_now`): the commune waits for the reply, and the two thread hops
+  cost more than the fsync. A lock keeps the two committers apart, and a count of what
+  the writer still holds keeps the order.
+- **Acknowledgements ride along** on the next commit, whoever makes it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -132,7 +138,8 @@ class _Append:
     fields: str
     """The record as JSON text *without* its seq, e.g. ``{"ts": ..., "type": ...}``."""
     urgent: bool
-    done: Callable[[int], None] | None
+    waiter: asyncio.Future[int] | None
+    """Resolved in the event loop with the record's seq once it is committed."""
 
 
 @dataclass(slots=True)
@@ -148,6 +155,16 @@ class _Flush:
 
 
 _STOP = object()
+_ACK_WAKE = object()
+"""Tells the writer that acknowledgements wait (they are kept in a list, not queued)."""
+
+LOOP_COMMIT_MAX_S: Final = 0.005
+"""Once commits on the event loop take longer than this on average, they go back to the
+writer thread for ``LOOP_COMMIT_PAUSE_S`` (see :meth:`Outbox.append_now`)."""
+LOOP_COMMIT_PAUSE_S: Final = 60.0
+_LOOP_COMMIT_WEIGHT = 0.2
+"""Weight of the newest commit in the running average: one stray slow fsync on a busy
+machine does not send every commit back to the thread, a slow card soon does."""
 
 
 def encode_record(record: dict[str, Any]) -> str:
@@ -175,6 +192,20 @@ class Outbox:
         self._window = commit_window_s
         self._clock = clock
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._pending_lock = threading.Lock()
+        self._pending = 0
+        """Operations handed to the writer and not yet committed."""
+        self._acks: list[_Ack] = []
+        """Acknowledgements for the next commit, whoever makes it (writer or loop)."""
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._conn_lock = threading.Lock()
+        """Held by whoever uses the write connection: the writer, or a commit on the loop."""
+        self._write_conn: sqlite3.Connection | None = None
+        self._loop_commit_paused_until = 0.0
+        self._loop_commit_s = 0.0
+        """Running average of the time a commit on the event loop takes."""
+        self.loop_commits = 0
+        """Commits made on the event loop (the rest are the writer thread's)."""
         self._writer: threading.Thread | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read")
         self._read_conn: sqlite3.Connection | None = None
@@ -218,6 +249,7 @@ class Outbox:
         outbox = cls(folder, max_bytes=max_bytes, commit_window_s=commit_window_s, clock=clock)
         outbox._loop = asyncio.get_running_loop()
         write_conn = await asyncio.to_thread(outbox._open_write_connection)
+        outbox._write_conn = write_conn
         await asyncio.get_running_loop().run_in_executor(outbox._reader, outbox._open_reader)
         outbox._writer = threading.Thread(
             target=outbox._write_loop, args=(write_conn,), name="outbox-write", daemon=True
@@ -330,29 +362,56 @@ class Outbox:
         ``record`` gets ``ts`` if it has none. ``urgent`` commits without waiting for the
         group-commit window (replies).
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
-
-        def done(seq: int) -> None:
-            loop.call_soon_threadsafe(_resolve, future, seq)
-
-        self._put(stream, record, urgent=urgent, done=done)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._enqueue(self._encode(stream, record, urgent=urgent, waiter=future))
         return await future
+
+    async def append_now(self, records: Sequence[tuple[Stream, dict[str, Any]]]) -> list[int]:
+        """Store ``records`` in one transaction, at once; returns their seqs when committed.
+
+        For a command's event and reply: the commune waits for the reply, so no
+        group-commit window. While the writer thread is idle and commits are quick, the
+        commit is made right here on the event loop. That saves the two thread hops a
+        commit through the writer costs (about 0.2 ms each on these machines, most of a
+        command's time in the daemon), and blocks the loop for one fsync. Should one
+        such commit take longer than ``LOOP_COMMIT_MAX_S`` (a slow SD card), commits go
+        through the writer thread again for ``LOOP_COMMIT_PAUSE_S``.
+        """
+        if not records:
+            return []
+        last = len(records) - 1
+        ops = [
+            self._encode(stream, record, urgent=n == last, waiter=None)
+            for n, (stream, record) in enumerate(records)
+        ]
+        assigned = self._commit_here(ops)
+        if assigned is not None:
+            seqs = [seq for _, seq in assigned]
+            if any(seq < 0 for seq in seqs):
+                raise OSError("the outbox could not commit the records")
+            return seqs
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[int]] = []
+        for op in ops:
+            op.waiter = loop.create_future()
+            waiters.append(op.waiter)
+            self._enqueue(op)
+        return list(await asyncio.gather(*waiters))
 
     def append_nowait(
         self, stream: Stream, record: dict[str, Any], *, urgent: bool = False
     ) -> None:
         """Queue ``record`` from any thread; committed within the window. For logs."""
-        self._put(stream, record, urgent=urgent, done=None)
+        self._enqueue(self._encode(stream, record, urgent=urgent, waiter=None))
 
-    def _put(
+    def _encode(
         self,
         stream: Stream,
         record: dict[str, Any],
         *,
         urgent: bool,
-        done: Callable[[int], None] | None,
-    ) -> None:
+        waiter: asyncio.Future[int] | None,
+    ) -> _Append:
         if self._closed:
             raise RuntimeError("the outbox is closed")
         if stream not in _STREAM_ID:
@@ -365,7 +424,48 @@ class Outbox:
                 f"record of {len(fields)} bytes is larger than the outbox takes "
                 f"({self.max_record_bytes} bytes with outbox.max_mb = {self.max_bytes / 1e6:g})"
             )
-        self._queue.put(_Append(stream, fields, urgent, done))
+        return _Append(stream, fields, urgent, waiter)
+
+    def _enqueue(self, op: object) -> None:
+        """Hand ``op`` to the writer thread; it counts as pending until committed."""
+        with self._pending_lock:
+            self._pending += 1
+        self._queue.put(op)
+
+    def _commit_here(
+        self, ops: list[_Append]
+    ) -> list[tuple[asyncio.Future[int] | None, int]] | None:
+        """Commit ``ops`` on the calling thread if that is safe and quick; None if not.
+
+        Safe: the writer holds no operation that came earlier (they would get later seqs
+        than these) and is not using the connection. Quick: the last commit made here
+        take at most ``LOOP_COMMIT_MAX_S`` on average, or the pause that followed a slow
+        spell is over.
+        """
+        if time.monotonic() < self._loop_commit_paused_until:
+            return None
+        if not self._conn_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._pending or self._write_conn is None:
+                return None
+            started = time.monotonic()
+            assigned = self._commit_ops(self._write_conn, list(ops))
+            took = time.monotonic() - started
+        finally:
+            self._conn_lock.release()
+        self.loop_commits += 1
+        self._loop_commit_s += (took - self._loop_commit_s) * _LOOP_COMMIT_WEIGHT
+        if self._loop_commit_s > LOOP_COMMIT_MAX_S:
+            _log.info(
+                "outbox.slow_commits",
+                average_ms=round(self._loop_commit_s * 1000, 1),
+                note=f"commits go through the writer thread for {LOOP_COMMIT_PAUSE_S:g} s",
+            )
+            self._loop_commit_paused_until = started + took + LOOP_COMMIT_PAUSE_S
+            self._loop_commit_s = 0.0  # measured afresh after the pause
+        self._committed(assigned)
+        return assigned
 
     # -- the writer thread ------------------------------------------------------------
 
@@ -377,16 +477,25 @@ class Outbox:
                     break
                 ops = [first]
                 stop = self._gather(ops)
-                try:
-                    self._commit(conn, ops)
-                except Exception as exc:  # the writer thread must outlive any one batch
-                    self._commit_failed(f"{type(exc).__name__}: {exc}", ops)
+                with self._conn_lock:
+                    try:
+                        self._commit(conn, ops)
+                    except Exception as exc:  # the writer thread must outlive any one batch
+                        self._notify(self._commit_failed(f"{type(exc).__name__}: {exc}", ops))
+                    finally:
+                        with self._pending_lock:
+                            self._pending -= sum(1 for op in ops if op is not _ACK_WAKE)
                 if stop:
                     break
         finally:
-            with contextlib.suppress(sqlite3.Error):
+            with self._conn_lock, contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.close()
+
+    def _notify(self, assigned: list[tuple[asyncio.Future[int] | None, int]]) -> None:
+        """From the writer thread: one wake-up of the event loop for a whole commit."""
+        if assigned and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._committed, assigned)
 
     def _gather(self, ops: list[object]) -> bool:
         """Collect more operations for this transaction; True if a stop was seen.
@@ -418,24 +527,31 @@ class Outbox:
 
     def _commit(self, conn: sqlite3.Connection, ops: list[object]) -> None:
         try:
-            self._commit_ops(conn, ops)
+            self._notify(self._commit_ops(conn, ops))
         finally:
             for op in ops:
                 if isinstance(op, _Flush):
                     op.done()
 
-    def _commit_ops(self, conn: sqlite3.Connection, ops: list[object]) -> None:
+    def _commit_ops(
+        self, conn: sqlite3.Connection, ops: list[object]
+    ) -> list[tuple[asyncio.Future[int] | None, int]]:
+        """One transaction for ``ops`` and the waiting acknowledgements; returns
+        (waiter, seq) per append, seq -1 for all of them if the commit failed."""
+        with self._pending_lock:
+            acks, self._acks = self._acks, []
+        appends = [op for op in ops if isinstance(op, _Append)]
+        if not appends and not acks:
+            return []
         last_seq, depth, size = dict(self._last_seq), dict(self._depth), dict(self._bytes)
         dropped: dict[Stream, int] = {}
-        assigned: list[tuple[Callable[[int], None] | None, int]] = []
+        assigned: list[tuple[asyncio.Future[int] | None, int]] = []
         delivered, delivered_bytes = dict(self._delivered), dict(self._delivered_bytes)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for op in ops:
-                if isinstance(op, _Ack):
-                    self._advance(conn, op, delivered, delivered_bytes, depth)
+            for ack in acks:
+                self._advance(conn, ack, delivered, delivered_bytes, depth)
             self._purge(conn, delivered, delivered_bytes, last_seq, size, full=False)
-            appends = [op for op in ops if isinstance(op, _Append)]
             assigned = self._insert(conn, appends, last_seq, depth, size)
             if sum(size.values()) > self._budget:
                 self._purge(conn, delivered, delivered_bytes, last_seq, size, full=True)
@@ -462,8 +578,7 @@ class Outbox:
             # ROLLBACK would raise and take the writer thread down with it.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._commit_failed(str(exc), ops)
-            return
+            return self._commit_failed(str(exc), ops)
         if self._failing:
             self._failing = False
             _log.warning("outbox.commit_recovered")
@@ -474,14 +589,12 @@ class Outbox:
             self._unreported_drops[stream] = self._unreported_drops.get(stream, 0) + count
         self.appended += len(assigned)
         self.commits += 1
-        for done, seq in assigned:
-            if done is not None:
-                done(seq)
-        if assigned and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._bump_version)
         self._report_drops()
+        return assigned
 
-    def _commit_failed(self, error: str, ops: list[object]) -> None:
+    def _commit_failed(
+        self, error: str, ops: list[object]
+    ) -> list[tuple[asyncio.Future[int] | None, int]]:
         """Fail every waiting append of the batch and log, once per run of failures: the
         log line itself goes into the outbox and would fail again (a full disk would
         otherwise feed on its own errors)."""
@@ -496,9 +609,7 @@ class Outbox:
                 note="appends fail until the next successful commit",
             )
         # Nobody may wait forever on a record that was not stored.
-        for op in ops:
-            if isinstance(op, _Append) and op.done is not None:
-                op.done(-1)
+        return [(op.waiter, -1) for op in ops if isinstance(op, _Append)]
 
     def _insert(
         self,
@@ -507,8 +618,8 @@ class Outbox:
         last_seq: dict[Stream, int],
         depth: dict[Stream, int],
         size: dict[Stream, int],
-    ) -> list[tuple[Callable[[int], None] | None, int]]:
-        """Number and insert the appends; returns (callback, seq) for each."""
+    ) -> list[tuple[asyncio.Future[int] | None, int]]:
+        """Number and insert the appends; returns (waiter, seq) for each."""
         now = self._clock()
         rows: dict[Stream, list[tuple[int, float, str]]] = {name: [] for name in STREAMS}
         assigned = []
@@ -519,7 +630,7 @@ class Outbox:
             rows[op.stream].append((seq, now, body))
             depth[op.stream] += 1
             size[op.stream] += len(body)
-            assigned.append((op.done, seq))
+            assigned.append((op.waiter, seq))
         for stream, stream_rows in rows.items():
             if stream_rows:
                 conn.executemany(
@@ -637,7 +748,7 @@ class Outbox:
         counts, self._unreported_drops = self._unreported_drops, {}
         self._last_drop_report = now
         _log.warning("outbox.dropped", counts=counts, reason="full", max_bytes=self.max_bytes)
-        self._queue.put(
+        self._enqueue(
             _Append(
                 "events",
                 encode_record(
@@ -649,11 +760,26 @@ class Outbox:
                     }
                 ),
                 urgent=False,
-                done=None,
+                waiter=None,
             )
         )
 
     # -- reading for the uplink -------------------------------------------------------
+
+    def _committed(self, assigned: list[tuple[asyncio.Future[int] | None, int]]) -> None:
+        """In the event loop, after a commit: resolve the appends' waiters (a seq below
+        zero means the commit failed) and wake the readers if records were added."""
+        added = False
+        for future, seq in assigned:
+            added = added or seq >= 0
+            if future is None or future.done():
+                continue
+            if seq < 0:
+                future.set_exception(OSError("the outbox could not commit the record"))
+            else:
+                future.set_result(seq)
+        if added:
+            self._bump_version()
 
     def _bump_version(self) -> None:
         self.version += 1
@@ -711,8 +837,20 @@ class Outbox:
         return Batch(stream, seqs[0], seqs[-1], tuple(bodies))
 
     def acknowledge(self, batch: Batch) -> None:
-        """The broker has the batch: mark it delivered (in the next transaction)."""
-        self._queue.put(_Ack(batch.stream, batch.first_seq, batch.last_seq))
+        """The broker has the batch: mark it delivered in the next transaction. Call it
+        from the event loop."""
+        with self._pending_lock:
+            self._acks.append(_Ack(batch.stream, batch.first_seq, batch.last_seq))
+        # The next commit takes it along, whoever makes it. Only if none comes within the
+        # window is the writer woken for it: waking it at every PUBACK would cost a
+        # thread switch just as the next command comes in.
+        if self._ack_timer is None and self._loop is not None:
+            self._ack_timer = self._loop.call_later(self._window, self._wake_for_acks)
+
+    def _wake_for_acks(self) -> None:
+        self._ack_timer = None
+        if self._acks and not self._closed:
+            self._queue.put(_ACK_WAKE)
 
     async def flush(self) -> None:
         """Wait until everything queued so far (appends and acknowledgements) is committed."""
@@ -722,12 +860,19 @@ class Outbox:
         def done() -> None:
             loop.call_soon_threadsafe(_resolve_flush, future)
 
-        self._queue.put(_Flush(done))
+        self._enqueue(_Flush(done))
         await future
 
     def delivered(self, stream: Stream) -> int:
         """Every record of ``stream`` up to this seq has been acknowledged."""
         return self._delivered[stream]
+
+    def last_seq(self, stream: Stream) -> int:
+        """The seq of the newest committed record of ``stream`` (0 if it never had one).
+
+        Lets a reader skip asking the reader thread when nothing new was committed.
+        """
+        return self._last_seq[stream]
 
     # -- statistics and closing -------------------------------------------------------
 
@@ -780,6 +925,9 @@ class Outbox:
         if self._closed:
             return
         self._closed = True
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+        self._queue.put(_ACK_WAKE)  # the last acknowledgements are committed before the stop
         self._queue.put(_STOP)
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
@@ -792,12 +940,3 @@ class Outbox:
 def _resolve_flush(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _resolve(future: asyncio.Future[int], seq: int) -> None:
-    if future.done():
-        return
-    if seq < 0:
-        future.set_exception(OSError("the outbox could not commit the record"))
-    else:
-        future.set_result(seq)

@@ -11,17 +11,18 @@ import pytest
 from pydantic import BaseModel
 
 from gateway.commands import Dispatcher, RelaySetArgs, Reply, Source, sign
+from gateway.outbox import Stream
 
 
 class Recorder:
     """What the dispatcher sent to the outbox, and what the handlers ran."""
 
     def __init__(self) -> None:
-        self.records: list[tuple[str, dict[str, Any]]] = []
+        self.records: list[tuple[Stream, dict[str, Any]]] = []
         self.ran: list[tuple[str, BaseModel, Source]] = []
 
-    async def record(self, stream: str, record: dict[str, Any], urgent: bool) -> None:
-        self.records.append((stream, record))
+    async def record(self, records: list[tuple[Stream, dict[str, Any]]]) -> None:
+        self.records.extend(records)
 
     async def relay_set(self, args: BaseModel, source: Source) -> dict[str, Any]:
         assert isinstance(args, RelaySetArgs)

@@ -222,3 +222,77 @@ async def test_oldest_age_counts_only_undelivered_records(tmp_path: Path) -> Non
     await outbox.flush()
     assert await outbox.refresh_oldest_age() is None
     await outbox.close()
+
+
+async def test_append_now_commits_a_command_on_the_loop_when_the_writer_is_idle(
+    tmp_path: Path,
+) -> None:
+    """A command's event and reply are stored in one transaction, at once (not after the
+    group-commit window), and while the writer thread is idle without a hop to it."""
+    outbox = await Outbox.open(tmp_path, commit_window_s=5.0)
+    started = time.monotonic()
+    seqs = await outbox.append_now(
+        [("events", {"type": "command", "id": "c-1"}), ("replies", {"id": "c-1"})]
+    )
+    assert time.monotonic() - started < 1.0
+    assert seqs == [1, 1]
+    assert (outbox.loop_commits, outbox.stats().commits) == (1, 1)
+    assert [r["id"] for r in await drain(outbox, "replies")] == ["c-1"]
+    assert [r["type"] for r in await drain(outbox, "events")] == ["command"]
+    await outbox.close()
+
+
+async def test_append_now_keeps_order_behind_what_the_writer_holds(tmp_path: Path) -> None:
+    """Records the writer thread is still gathering came first: a command's records
+    then go through the writer too, after them, and still without waiting the window."""
+    outbox = await Outbox.open(tmp_path, commit_window_s=5.0)
+    for n in range(10):
+        outbox.append_nowait("events", {"n": n})
+    started = time.monotonic()
+    assert await outbox.append_now([("events", {"n": 10})]) == [11]
+    assert time.monotonic() - started < 1.0
+    assert outbox.loop_commits == 0
+    assert [r["n"] for r in await drain(outbox, "events")] == list(range(11))
+    await outbox.close()
+
+
+async def test_slow_commits_on_the_loop_go_back_to_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card whose fsync is slow must not stall the event loop at every command: once
+    commits on the loop are slow on average, they go through the writer thread again."""
+    monkeypatch.setattr("gateway.outbox.LOOP_COMMIT_MAX_S", 0.0)  # every commit is "slow"
+    outbox = await Outbox.open(tmp_path, commit_window_s=5.0)
+    assert await outbox.append_now([("replies", {"id": "c-1"})]) == [1]
+    assert await outbox.append_now([("replies", {"id": "c-2"})]) == [2]
+    assert await outbox.append_now([("replies", {"id": "c-3"})]) == [3]
+    assert outbox.loop_commits == 1
+    assert outbox.stats().commits == 3
+    assert [r["id"] for r in await drain(outbox, "replies")] == ["c-1", "c-2", "c-3"]
+    await outbox.close()
+
+
+async def test_acknowledgements_are_committed_without_other_appends(tmp_path: Path) -> None:
+    """An acknowledgement rides on the next commit; with none coming, the writer commits
+    it after the window, and at close at the latest: delivered records stay delivered."""
+    outbox = await Outbox.open(tmp_path, commit_window_s=0.05)
+    await outbox.append_now([("events", {"n": n}) for n in range(3)])
+    batch = await outbox.read("events", after_seq=0, max_records=10, max_bytes=1 << 20)
+    assert batch is not None
+    outbox.acknowledge(batch)
+    commits = outbox.stats().commits
+    for _ in range(100):
+        if outbox.stats().commits > commits:
+            break
+        await asyncio.sleep(0.02)
+    assert outbox.stats().depth["events"] == 0
+
+    await outbox.append_now([("events", {"n": 3})])
+    last = await outbox.read("events", after_seq=3, max_records=10, max_bytes=1 << 20)
+    assert last is not None
+    outbox.acknowledge(last)
+    await outbox.close()  # at once: the acknowledgement must not be lost
+    reopened = await Outbox.open(tmp_path)
+    assert reopened.delivered("events") == 4
+    assert reopened.stats().depth["events"] == 0
+    await reopened.close()

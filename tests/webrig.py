@@ -157,12 +157,13 @@ async def web_rig(
     )
     seq = 0
 
-    async def record(stream: Stream, item: dict[str, Any], urgent: bool) -> None:
+    async def record(items: list[tuple[Stream, dict[str, Any]]]) -> None:
         nonlocal seq
-        seq += 1
-        records.append((stream, item))
-        if stream == "events":
-            server.event(item, seq)
+        for stream, item in items:
+            seq += 1
+            records.append((stream, item))
+            if stream == "events":
+                server.event(item, seq)
 
     async def ping(args: BaseModel, source: Source) -> dict[str, Any]:
         return {"pong": True, "source": source}
