@@ -30,9 +30,9 @@ def main() -> None:
     logging.getLogger("mqtt").setLevel(logging.ERROR)
     print(bench_log.run(), flush=True)
     print(asyncio.run(bench_http.run()), flush=True)
+    print(asyncio.run(bench_commands.run()), flush=True)
     for line in asyncio.run(bench_uplink.run()):
         print(line, flush=True)
-    print(asyncio.run(bench_commands.run()), flush=True)
     print(asyncio.run(bench_hotspots.run()), flush=True)
     print("\n".join(asyncio.run(bench_web.run())), flush=True)
     print("\n".join(bench_pa.run()), flush=True)

@@ -24,8 +24,8 @@ Why it looks like this:
   things.
 - **A command's records are committed on the event loop** when the writer is idle
   (:meth:`Outbox.append_now`): the commune waits for the reply, and the two thread hops
-  cost more than the fsync. A lock keeps the two committers apart, and a count of what
-  the writer still holds keeps the order.
+  cost more than the fsync. A lock keeps the two committers apart, and whoever commits
+  takes the oldest waiting records first, so the order holds.
 - **Acknowledgements ride along** on the next commit, whoever makes it.
 """
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import queue
 import sqlite3
 import threading
 import time
@@ -154,10 +153,6 @@ class _Flush:
     done: Callable[[], None]
 
 
-_STOP = object()
-_ACK_WAKE = object()
-"""Tells the writer that acknowledgements wait (they are kept in a list, not queued)."""
-
 LOOP_COMMIT_MAX_S: Final = 0.005
 """Once commits on the event loop take longer than this on average, they go back to the
 writer thread for ``LOOP_COMMIT_PAUSE_S`` (see :meth:`Outbox.append_now`)."""
@@ -165,6 +160,129 @@ LOOP_COMMIT_PAUSE_S: Final = 60.0
 _LOOP_COMMIT_WEIGHT = 0.2
 """Weight of the newest commit in the running average: one stray slow fsync on a busy
 machine does not send every commit back to the thread, a slow card soon does."""
+_LOOP_TAKES_MAX_OPS = 500
+_LOOP_TAKES_MAX_BYTES = 64 * 1024
+"""A commit on the loop takes older waiting records along up to this much; beyond, the
+writer commits them, and the command's records after them."""
+
+Assigned = list[tuple[asyncio.Future[int] | None, int]]
+"""Per committed append: its waiter (if any) and its seq, -1 if the commit failed."""
+
+
+class _Pending:
+    """What waits for a commit, shared by the writer thread and commits on the loop.
+
+    Whoever commits takes the oldest operations while holding the connection lock, so
+    records are committed (and numbered) in the order they were appended, whichever
+    thread commits them. The writer is woken only when it has something to decide: the
+    first operation after an idle spell (to start the window), an urgent one, a full
+    group, acknowledgements left waiting, or the stop.
+    """
+
+    def __init__(self, window_s: float, group_bytes: int) -> None:
+        self._window = window_s
+        self._group_bytes = group_bytes
+        self._changed = threading.Condition(threading.Lock())
+        self._ops: list[_Append | _Flush] = []
+        self._bytes = 0
+        self._urgent = False
+        self._since = 0.0
+        """When the oldest waiting operation came: the window runs from there."""
+        self._acks: list[_Ack] = []
+        self._acks_due = False
+        self.stopping = False
+
+    def add(self, op: _Append | _Flush) -> None:
+        """Queue ``op``; from any thread."""
+        size = len(op.fields) if isinstance(op, _Append) else 0
+        urgent = isinstance(op, _Append) and op.urgent
+        with self._changed:
+            wake = not self._ops or urgent
+            if not self._ops:
+                self._since = time.monotonic()
+            self._ops.append(op)
+            self._bytes += size
+            self._urgent = self._urgent or urgent
+            if wake or self._full():
+                self._changed.notify()
+
+    def add_ack(self, ack: _Ack) -> None:
+        """Keep ``ack`` for the next commit, whoever makes it; wakes nobody."""
+        with self._changed:
+            self._acks.append(ack)
+
+    def acks_due(self) -> None:
+        """Acknowledgements have waited long enough: have the writer commit them."""
+        with self._changed:
+            if self._acks:
+                self._acks_due = True
+                self._changed.notify()
+
+    def stop(self) -> None:
+        """Have the writer commit everything left, then end."""
+        with self._changed:
+            self.stopping = True
+            self._changed.notify()
+
+    def wait_until_due(self) -> None:
+        """In the writer: block until a commit is due (window over, urgent, full, …)."""
+        with self._changed:
+            while (delay := self._delay()) != 0:
+                self._changed.wait(delay)
+
+    def _delay(self) -> float | None:
+        if self.stopping or self._acks_due:
+            return 0
+        if not self._ops:
+            return None
+        if self._urgent or self._full():
+            return 0
+        return max(0.0, self._since + self._window - time.monotonic())
+
+    def _full(self) -> bool:
+        return len(self._ops) >= _MAX_GROUP or self._bytes >= self._group_bytes
+
+    def take(self) -> tuple[list[_Append | _Flush], list[_Ack]]:
+        """The oldest operations for one transaction, and every acknowledgement waiting.
+        Call it holding the connection lock.
+
+        A transaction holds at most a twentieth of the byte budget, so the file never
+        grows far past the budget before the drop policy runs at its end.
+        """
+        with self._changed:
+            count, size = 0, 0
+            for op in self._ops:
+                if count >= _MAX_GROUP or (count and size >= self._group_bytes):
+                    break
+                count += 1
+                size += len(op.fields) if isinstance(op, _Append) else 0
+            ops = self._ops[:count]
+            del self._ops[:count]
+            self._bytes -= size
+            self._urgent = any(isinstance(op, _Append) and op.urgent for op in self._ops)
+            return ops, self._take_acks()
+
+    def take_all(
+        self, max_ops: int, max_bytes: int
+    ) -> tuple[list[_Append | _Flush], list[_Ack]] | None:
+        """Everything waiting, or None if that is more than ``max_ops`` or ``max_bytes``
+        (a commit on the loop takes older records along only while they are few)."""
+        with self._changed:
+            if len(self._ops) > max_ops or self._bytes > max_bytes:
+                return None
+            ops, self._ops = self._ops, []
+            self._bytes, self._urgent = 0, False
+            return ops, self._take_acks()
+
+    def _take_acks(self) -> list[_Ack]:
+        acks, self._acks = self._acks, []
+        self._acks_due = False
+        return acks
+
+    def empty(self) -> bool:
+        """Nothing left to commit."""
+        with self._changed:
+            return not self._ops and not self._acks
 
 
 def encode_record(record: dict[str, Any]) -> str:
@@ -191,12 +309,7 @@ class Outbox:
         self.max_record_bytes = max(1024, self._budget // 8)
         self._window = commit_window_s
         self._clock = clock
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._pending_lock = threading.Lock()
-        self._pending = 0
-        """Operations handed to the writer and not yet committed."""
-        self._acks: list[_Ack] = []
-        """Acknowledgements for the next commit, whoever makes it (writer or loop)."""
+        self._pending = _Pending(commit_window_s, self._group_bytes)
         self._ack_timer: asyncio.TimerHandle | None = None
         self._conn_lock = threading.Lock()
         """Held by whoever uses the write connection: the writer, or a commit on the loop."""
@@ -363,7 +476,7 @@ class Outbox:
         group-commit window (replies).
         """
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._enqueue(self._encode(stream, record, urgent=urgent, waiter=future))
+        self._pending.add(self._encode(stream, record, urgent=urgent, waiter=future))
         return await future
 
     async def append_now(self, records: Sequence[tuple[Stream, dict[str, Any]]]) -> list[int]:
@@ -395,14 +508,14 @@ class Outbox:
         for op in ops:
             op.waiter = loop.create_future()
             waiters.append(op.waiter)
-            self._enqueue(op)
+            self._pending.add(op)
         return list(await asyncio.gather(*waiters))
 
     def append_nowait(
         self, stream: Stream, record: dict[str, Any], *, urgent: bool = False
     ) -> None:
         """Queue ``record`` from any thread; committed within the window. For logs."""
-        self._enqueue(self._encode(stream, record, urgent=urgent, waiter=None))
+        self._pending.add(self._encode(stream, record, urgent=urgent, waiter=None))
 
     def _encode(
         self,
@@ -426,31 +539,26 @@ class Outbox:
             )
         return _Append(stream, fields, urgent, waiter)
 
-    def _enqueue(self, op: object) -> None:
-        """Hand ``op`` to the writer thread; it counts as pending until committed."""
-        with self._pending_lock:
-            self._pending += 1
-        self._queue.put(op)
-
-    def _commit_here(
-        self, ops: list[_Append]
-    ) -> list[tuple[asyncio.Future[int] | None, int]] | None:
+    def _commit_here(self, ops: list[_Append]) -> Assigned | None:
         """Commit ``ops`` on the calling thread if that is safe and quick; None if not.
 
-        Safe: the writer holds no operation that came earlier (they would get later seqs
-        than these) and is not using the connection. Quick: the last commit made here
-        take at most ``LOOP_COMMIT_MAX_S`` on average, or the pause that followed a slow
-        spell is over.
+        Safe: the writer is not using the connection, and what still waits for a commit
+        (older, so numbered first) is little enough to take along. Quick: commits made
+        here take at most ``LOOP_COMMIT_MAX_S`` on average, or the pause that followed a
+        slow spell is over.
         """
-        if time.monotonic() < self._loop_commit_paused_until:
+        conn = self._write_conn
+        if conn is None or time.monotonic() < self._loop_commit_paused_until:
             return None
         if not self._conn_lock.acquire(blocking=False):
             return None
         try:
-            if self._pending or self._write_conn is None:
+            taken = self._pending.take_all(_LOOP_TAKES_MAX_OPS, _LOOP_TAKES_MAX_BYTES)
+            if taken is None:
                 return None
+            older, acks = taken
             started = time.monotonic()
-            assigned = self._commit_ops(self._write_conn, list(ops))
+            assigned = self._commit(conn, [*older, *ops], acks)
             took = time.monotonic() - started
         finally:
             self._conn_lock.release()
@@ -465,87 +573,53 @@ class Outbox:
             self._loop_commit_paused_until = started + took + LOOP_COMMIT_PAUSE_S
             self._loop_commit_s = 0.0  # measured afresh after the pause
         self._committed(assigned)
-        return assigned
+        return assigned[-len(ops) :]
 
     # -- the writer thread ------------------------------------------------------------
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         try:
             while True:
-                first = self._queue.get()
-                if first is _STOP:
-                    break
-                ops = [first]
-                stop = self._gather(ops)
+                self._pending.wait_until_due()
                 with self._conn_lock:
-                    try:
-                        self._commit(conn, ops)
-                    except Exception as exc:  # the writer thread must outlive any one batch
-                        self._notify(self._commit_failed(f"{type(exc).__name__}: {exc}", ops))
-                    finally:
-                        with self._pending_lock:
-                            self._pending -= sum(1 for op in ops if op is not _ACK_WAKE)
-                if stop:
+                    ops, acks = self._pending.take()
+                    if ops or acks:
+                        self._notify(self._commit(conn, ops, acks))
+                if self._pending.stopping and self._pending.empty():
                     break
         finally:
             with self._conn_lock, contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.close()
 
-    def _notify(self, assigned: list[tuple[asyncio.Future[int] | None, int]]) -> None:
+    def _notify(self, assigned: Assigned) -> None:
         """From the writer thread: one wake-up of the event loop for a whole commit."""
         if assigned and self._loop is not None:
             self._loop.call_soon_threadsafe(self._committed, assigned)
 
-    def _gather(self, ops: list[object]) -> bool:
-        """Collect more operations for this transaction; True if a stop was seen.
-
-        A transaction holds at most a twentieth of the byte budget, so the file never
-        grows far past the budget before the drop policy runs at its end.
-        """
-        urgent = any(isinstance(op, _Append) and op.urgent for op in ops)
-        deadline = time.monotonic() + (0 if urgent else self._window)
-        pending = sum(len(op.fields) for op in ops if isinstance(op, _Append))
-        while len(ops) < _MAX_GROUP and pending < self._group_bytes:
-            remaining = deadline - time.monotonic()
-            try:
-                op = (
-                    self._queue.get(timeout=remaining)
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
-            except queue.Empty:
-                return False
-            if op is _STOP:
-                return True
-            ops.append(op)
-            if isinstance(op, _Append):
-                pending += len(op.fields)
-                if op.urgent:
-                    deadline = time.monotonic()
-        return False
-
-    def _commit(self, conn: sqlite3.Connection, ops: list[object]) -> None:
+    def _commit(
+        self, conn: sqlite3.Connection, ops: list[_Append | _Flush], acks: list[_Ack]
+    ) -> Assigned:
+        """One transaction; never raises (a failure comes back as seq -1 for each append),
+        because either committer must outlive any one batch."""
         try:
-            self._notify(self._commit_ops(conn, ops))
+            return self._commit_ops(conn, ops, acks)
+        except Exception as exc:
+            return self._commit_failed(f"{type(exc).__name__}: {exc}", ops)
         finally:
             for op in ops:
                 if isinstance(op, _Flush):
                     op.done()
 
     def _commit_ops(
-        self, conn: sqlite3.Connection, ops: list[object]
-    ) -> list[tuple[asyncio.Future[int] | None, int]]:
-        """One transaction for ``ops`` and the waiting acknowledgements; returns
-        (waiter, seq) per append, seq -1 for all of them if the commit failed."""
-        with self._pending_lock:
-            acks, self._acks = self._acks, []
+        self, conn: sqlite3.Connection, ops: list[_Append | _Flush], acks: list[_Ack]
+    ) -> Assigned:
         appends = [op for op in ops if isinstance(op, _Append)]
         if not appends and not acks:
             return []
         last_seq, depth, size = dict(self._last_seq), dict(self._depth), dict(self._bytes)
         dropped: dict[Stream, int] = {}
-        assigned: list[tuple[asyncio.Future[int] | None, int]] = []
+        assigned: Assigned = []
         delivered, delivered_bytes = dict(self._delivered), dict(self._delivered_bytes)
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -592,9 +666,7 @@ class Outbox:
         self._report_drops()
         return assigned
 
-    def _commit_failed(
-        self, error: str, ops: list[object]
-    ) -> list[tuple[asyncio.Future[int] | None, int]]:
+    def _commit_failed(self, error: str, ops: list[_Append | _Flush]) -> Assigned:
         """Fail every waiting append of the batch and log, once per run of failures: the
         log line itself goes into the outbox and would fail again (a full disk would
         otherwise feed on its own errors)."""
@@ -618,7 +690,7 @@ class Outbox:
         last_seq: dict[Stream, int],
         depth: dict[Stream, int],
         size: dict[Stream, int],
-    ) -> list[tuple[asyncio.Future[int] | None, int]]:
+    ) -> Assigned:
         """Number and insert the appends; returns (waiter, seq) for each."""
         now = self._clock()
         rows: dict[Stream, list[tuple[int, float, str]]] = {name: [] for name in STREAMS}
@@ -748,7 +820,7 @@ class Outbox:
         counts, self._unreported_drops = self._unreported_drops, {}
         self._last_drop_report = now
         _log.warning("outbox.dropped", counts=counts, reason="full", max_bytes=self.max_bytes)
-        self._enqueue(
+        self._pending.add(
             _Append(
                 "events",
                 encode_record(
@@ -766,7 +838,7 @@ class Outbox:
 
     # -- reading for the uplink -------------------------------------------------------
 
-    def _committed(self, assigned: list[tuple[asyncio.Future[int] | None, int]]) -> None:
+    def _committed(self, assigned: Assigned) -> None:
         """In the event loop, after a commit: resolve the appends' waiters (a seq below
         zero means the commit failed) and wake the readers if records were added."""
         added = False
@@ -839,8 +911,7 @@ class Outbox:
     def acknowledge(self, batch: Batch) -> None:
         """The broker has the batch: mark it delivered in the next transaction. Call it
         from the event loop."""
-        with self._pending_lock:
-            self._acks.append(_Ack(batch.stream, batch.first_seq, batch.last_seq))
+        self._pending.add_ack(_Ack(batch.stream, batch.first_seq, batch.last_seq))
         # The next commit takes it along, whoever makes it. Only if none comes within the
         # window is the writer woken for it: waking it at every PUBACK would cost a
         # thread switch just as the next command comes in.
@@ -849,8 +920,7 @@ class Outbox:
 
     def _wake_for_acks(self) -> None:
         self._ack_timer = None
-        if self._acks and not self._closed:
-            self._queue.put(_ACK_WAKE)
+        self._pending.acks_due()
 
     async def flush(self) -> None:
         """Wait until everything queued so far (appends and acknowledgements) is committed."""
@@ -860,7 +930,7 @@ class Outbox:
         def done() -> None:
             loop.call_soon_threadsafe(_resolve_flush, future)
 
-        self._enqueue(_Flush(done))
+        self._pending.add(_Flush(done))
         await future
 
     def delivered(self, stream: Stream) -> int:
@@ -927,8 +997,7 @@ class Outbox:
         self._closed = True
         if self._ack_timer is not None:
             self._ack_timer.cancel()
-        self._queue.put(_ACK_WAKE)  # the last acknowledgements are committed before the stop
-        self._queue.put(_STOP)
+        self._pending.stop()  # the writer commits what is left, acknowledgements too
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
         if self._read_conn is not None:

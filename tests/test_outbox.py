@@ -242,17 +242,33 @@ async def test_append_now_commits_a_command_on_the_loop_when_the_writer_is_idle(
     await outbox.close()
 
 
-async def test_append_now_keeps_order_behind_what_the_writer_holds(tmp_path: Path) -> None:
-    """Records the writer thread is still gathering came first: a command's records
-    then go through the writer too, after them, and still without waiting the window."""
+async def test_append_now_takes_waiting_records_along_in_order(tmp_path: Path) -> None:
+    """Log lines waiting for the window came first: a command's commit takes them along,
+    numbered before its own records, and does not wait for the window."""
     outbox = await Outbox.open(tmp_path, commit_window_s=5.0)
     for n in range(10):
         outbox.append_nowait("events", {"n": n})
     started = time.monotonic()
     assert await outbox.append_now([("events", {"n": 10})]) == [11]
     assert time.monotonic() - started < 1.0
-    assert outbox.loop_commits == 0
+    assert (outbox.loop_commits, outbox.stats().commits) == (1, 1)
     assert [r["n"] for r in await drain(outbox, "events")] == list(range(11))
+    await outbox.close()
+
+
+async def test_append_now_queues_behind_a_large_backlog(tmp_path: Path) -> None:
+    """With much waiting (a log burst), the writer commits it, and the command's
+    records after it: still in order, still without waiting for the window."""
+    outbox = await Outbox.open(tmp_path, commit_window_s=5.0)
+    for n in range(2000):
+        outbox.append_nowait("logs", {"event": "burst", "n": n, "pad": "x" * 100})
+    outbox.append_nowait("events", {"n": 0})
+    started = time.monotonic()
+    assert await outbox.append_now([("events", {"n": 1})]) == [2]
+    assert time.monotonic() - started < 2.0
+    assert outbox.loop_commits == 0
+    assert [r["n"] for r in await drain(outbox, "events")] == [0, 1]
+    assert len(await drain(outbox, "logs")) == 2000
     await outbox.close()
 
 
