@@ -218,14 +218,15 @@ class App:
         )
 
     async def _record(self, records: list[tuple[Stream, dict[str, Any]]]) -> None:
-        """A command's event (and reply): stored together at once, then passed on."""
+        """A command's event (and reply): stored together at once, then passed on; for
+        a reply that is its publish, so this returns once the broker has it."""
         assert self.outbox is not None  # noqa: S101 - opened before the dispatcher exists
         seqs = await self.outbox.append_now(records)
         for (stream, record), seq in zip(records, seqs, strict=True):
             if stream == "events":
                 self.web.event(record, seq)
             elif stream == "replies" and self.link is not None:
-                self.link.reply_stored(record, seq)
+                await self.link.reply_stored(record, seq)
 
     def _expect_reply(self, reply: dict[str, Any]) -> None:
         if self.link is not None:

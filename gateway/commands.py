@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import re
 import sqlite3
 import time
@@ -38,7 +39,7 @@ from pydantic import (
 from gateway.clock import now_iso
 from gateway.config import BroadcastSchedule, RelaySchedule
 from gateway.errors import GatewayError
-from gateway.log import get_logger
+from gateway.log import get_logger, is_enabled
 from gateway.outbox import Stream
 
 __all__ = [
@@ -418,7 +419,12 @@ class Dispatcher:
             raise CommandError(
                 "bad_command", f"a command is a JSON object, not {type(data).__name__}"
             )
-        if _depth(data) > MAX_DEPTH:
+        # JSON cannot nest deeper than it has brackets: most commands need no walk.
+        shallow = (
+            not isinstance(payload, Mapping)
+            and payload.count(b"{") + payload.count(b"[") <= MAX_DEPTH
+        )
+        if not shallow and _depth(data) > MAX_DEPTH:
             raise CommandError("bad_command", f"nested deeper than {MAX_DEPTH} levels")
         return data
 
@@ -478,7 +484,8 @@ class Dispatcher:
             event["error"] = reply.error_code
         key = (command_type or "unknown", source, reply.status)
         self.counts[key] = self.counts.get(key, 0) + 1
-        _log.info("command.handled", **event)
+        if is_enabled("commands", logging.INFO):
+            _log.info("command.handled", **event)
         # The event and the reply in one commit, without the group-commit window: the
         # commune waits for the reply, and two commits would cost it two fsyncs.
         records: list[tuple[Stream, dict[str, Any]]] = [("events", event)]

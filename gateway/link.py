@@ -176,7 +176,6 @@ class Link(Component):
         """Replies (by id) about to be stored, to be published from memory once stored."""
         self._from_memory: dict[int, asyncio.Future[bool]] = {}
         """Stored replies (by seq) published from memory: the reply loop skips reading them."""
-        self._reply_tasks: set[asyncio.Task[None]] = set()
         self._replies_known = outbox.stats().last_seq.get("replies", 0)
         """Every stored reply up to this seq has been through :meth:`reply_stored` (or was
         stored before this process started): the reply loop sends nothing past it."""
@@ -202,8 +201,14 @@ class Link(Component):
             return
         self._claimed[reply_id] = asyncio.get_running_loop().create_future()
 
-    def reply_stored(self, reply: dict[str, Any], seq: int) -> None:
-        """The outbox committed ``reply`` as ``seq``: publish it now if it was claimed."""
+    async def reply_stored(self, reply: dict[str, Any], seq: int) -> None:
+        """The outbox committed ``reply`` as ``seq``: publish it now if it was claimed.
+
+        Returns once the broker has it, or the publish failed (the reply loop then sends
+        the stored copy). The bookkeeping and the publish itself happen before the first
+        wait, in the caller's turn of the event loop: a task of its own would start a
+        turn later, behind whatever the commit woke.
+        """
         self._replies_known = max(self._replies_known, seq)
         self._replies_seen.set()
         reply_id = reply.get("id")
@@ -218,9 +223,7 @@ class Link(Component):
             self._from_memory.clear()  # stale entries only; the loop then reads and sends
         self._from_memory[seq] = sent
         body = encode_record({"seq": seq, **reply}).encode()
-        task = asyncio.create_task(self._publish_stored(client, body, sent))
-        self._reply_tasks.add(task)
-        task.add_done_callback(self._reply_tasks.discard)
+        await self._publish_stored(client, body, sent)
 
     async def _publish_stored(
         self, client: aiomqtt.Client, body: bytes, sent: asyncio.Future[bool]

@@ -18,7 +18,7 @@ from typing import Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["add_component", "configure_logging", "get_logger", "set_level"]
+__all__ = ["add_component", "configure_logging", "get_logger", "is_enabled", "set_level"]
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -118,6 +118,16 @@ def set_level(level: str) -> None:
     logging.getLogger().setLevel(numeric)
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+
+
+def is_enabled(component: str, level: int) -> bool:
+    """Whether a line of ``level`` from ``component`` would be kept.
+
+    For hot paths (every command): a structlog call that the level then filters out
+    still binds and runs the first processors, about 15 µs here, and so does asking the
+    lazy structlog logger; the stdlib logger underneath answers in well under one.
+    """
+    return logging.getLogger(component).isEnabledFor(level)
 
 
 def get_logger(component: str, **context: object) -> structlog.stdlib.BoundLogger:

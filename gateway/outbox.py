@@ -572,7 +572,9 @@ class Outbox:
             )
             self._loop_commit_paused_until = started + took + LOOP_COMMIT_PAUSE_S
             self._loop_commit_s = 0.0  # measured afresh after the pause
-        self._committed(assigned)
+        # Readers are woken on the next turn of the loop: this turn belongs to the
+        # caller, whose reply to the commune should leave first.
+        asyncio.get_running_loop().call_soon(self._committed, assigned)
         return assigned[-len(ops) :]
 
     # -- the writer thread ------------------------------------------------------------

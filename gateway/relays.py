@@ -236,6 +236,7 @@ class RelayBank(Component):
         self._pending_events: list[dict[str, Any]] = []
         self._last_saved: str | None = None
         self._last_published: dict[str, Any] | None = None
+        self._last_committed: tuple[object, ...] | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -616,15 +617,39 @@ class RelayBank(Component):
 
     async def _commit(self) -> None:
         """Persist, publish and announce what changed since the last commit."""
-        self._save()
-        snapshot = self.snapshot()
-        if snapshot != self._last_published:
-            self._last_published = snapshot
-            await self._state.set("relays", snapshot)
+        fields = self._fields()
+        if fields != self._last_committed:
+            # Only then build the JSON and the snapshot: a command that changes nothing
+            # (the lights were on already) is common, and both cost more than this check.
+            self._last_committed = fields
+            self._save()
+            snapshot = self.snapshot()
+            if snapshot != self._last_published:
+                self._last_published = snapshot
+                await self._state.set("relays", snapshot)
         events, self._pending_events = self._pending_events, []
         if self._on_event is not None:
             for event in events:
                 await self._on_event(event)
+
+    def _fields(self) -> tuple[object, ...]:
+        """Every field the state file and the snapshot are made of, of every relay."""
+        return tuple(
+            (
+                name,
+                r.on,
+                r.wanted,
+                r.mode,
+                r.source,
+                r.changed_at,
+                r.until,
+                r.revert_to,
+                r.revert_mode,
+                r.on_since_wall,
+                r.config.label,
+            )
+            for name, r in self._relays.items()
+        )
 
     # ------------------------------------------------------------------ persistence
 

@@ -7,7 +7,7 @@ import json
 import logging
 import zoneinfo
 
-from gateway.log import configure_logging, get_logger, set_level
+from gateway.log import configure_logging, get_logger, is_enabled, set_level
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -56,6 +56,19 @@ def test_level_changes_at_run_time() -> None:
     set_level("DEBUG")
     log.debug("shown")
     assert [line["event"] for line in lines(stream)] == ["shown"]
+
+
+def test_is_enabled_answers_as_the_line_would_be_filtered() -> None:
+    """The hot path's shortcut agrees with what is logged, also after a level change."""
+    stream = io.StringIO()
+    log = get_logger("commands")
+    configure_logging(level="WARNING", fmt="json", stream=stream)
+    assert not is_enabled("commands", logging.INFO)
+    assert is_enabled("commands", logging.WARNING)
+    set_level("INFO")
+    assert is_enabled("commands", logging.INFO)
+    log.info("command.handled")
+    assert [line["event"] for line in lines(stream)] == ["command.handled"]
 
 
 def test_console_format_is_for_people() -> None:
