@@ -223,11 +223,13 @@ class Link(Component):
             self._from_memory.clear()  # stale entries only; the loop then reads and sends
         self._from_memory[seq] = sent
         body = encode_record({"seq": seq, **reply}).encode()
-        await self._publish_stored(client, body, sent)
+        await self._publish_stored(client, body, sent, seq)
 
     async def _publish_stored(
-        self, client: aiomqtt.Client, body: bytes, sent: asyncio.Future[bool]
+        self, client: aiomqtt.Client, body: bytes, sent: asyncio.Future[bool], seq: int
     ) -> None:
+        """Publish a stored reply from memory; once the broker has it, it is acknowledged
+        here, so the reply loop has nothing left to do for it but move its cursor."""
         try:
             await client.publish(self.topics.reply, body, qos=1, timeout=30)
         except (aiomqtt.MqttError, TimeoutError) as exc:
@@ -238,16 +240,28 @@ class Link(Component):
             raise
         else:
             sent.set_result(True)
-
-    async def _skip_published_from_memory(self, cursor: dict[Stream, int]) -> None:
-        """Acknowledge, without reading them back, the stored replies after the cursor
-        that :meth:`reply_stored` published."""
-        while (seq := cursor["replies"] + 1) in self._from_memory:
-            if not await self._published_from_memory(seq):
-                return  # that publish failed: the copy is read and published as usual
             self._sent_upto["replies"] = max(self._sent_upto["replies"], seq)
-            cursor["replies"] = seq
             self._acknowledge(Batch("replies", seq, seq, ()))
+
+    def _skip_published_from_memory(self, cursor: dict[Stream, int]) -> None:
+        """Move the cursor over the stored replies that :meth:`reply_stored` has
+        published (and acknowledged); stop at one still on its way or that failed."""
+        while (seq := cursor["replies"] + 1) in self._from_memory:
+            sent = self._from_memory[seq]
+            if not sent.done() or not sent.result():
+                return  # on its way, or failed: then the copy is read and sent as usual
+            del self._from_memory[seq]
+            cursor["replies"] = seq
+
+    def _replies_on_their_way(self, cursor: dict[Stream, int]) -> bool:
+        """True if every stored reply past the cursor is being published from memory:
+        nothing for the reply loop to read until one of them fails (the loop's one-second
+        look catches that) or another reply is stored."""
+        last = self._outbox.last_seq("replies")
+        return all(
+            (sent := self._from_memory.get(seq)) is not None and not sent.done()
+            for seq in range(cursor["replies"] + 1, last + 1)
+        )
 
     async def _published_from_memory(self, seq: int) -> bool:
         """True once the stored reply ``seq`` went out through :meth:`reply_stored`."""
@@ -437,7 +451,12 @@ class Link(Component):
             _raise_if_cancelled()
             version = self._outbox.version
             if bucket is None:
-                await self._skip_published_from_memory(cursor)
+                # Replies: most go out from memory (reply_stored), so most wake-ups here
+                # only move the cursor; reading starts at the first one that did not.
+                self._skip_published_from_memory(cursor)
+                if self._replies_on_their_way(cursor):
+                    await self._outbox.wait_for_records(version, 1.0)
+                    continue
             batch = await self._next_batch(streams, cursor)
             if (
                 batch is not None
@@ -493,8 +512,7 @@ class Link(Component):
         try:
             if batch.stream == "replies":
                 if await self._published_from_memory(batch.first_seq):
-                    self._acknowledge(batch)
-                    return
+                    return  # reply_stored acknowledged it
                 topic, payload = self.topics.reply, batch.bodies[0].encode()
             else:
                 topic = getattr(self.topics, batch.stream)
