@@ -89,6 +89,12 @@ class _GatewayCollector(Collector):
         yield CounterMetricFamily(
             "vg_outbox_commits", "Transactions committed (fsyncs)", value=stats.commits
         )
+        yield CounterMetricFamily(
+            "vg_outbox_loop_commits",
+            "Of those, commits of commands' records made on the event loop (few while the"
+            " SD card is slow: then they go through the writer thread)",
+            value=stats.loop_commits,
+        )
         if stats.oldest_age_s is not None:
             yield GaugeMetricFamily(
                 "vg_outbox_oldest_age_seconds",

@@ -125,6 +125,8 @@ class OutboxStats:
     epoch: int = 1
     appended: int = 0
     commits: int = 0
+    loop_commits: int = 0
+    """Of ``commits``, those made on the event loop (commands' records)."""
 
     def total_depth(self) -> int:
         """Records waiting, all streams together."""
@@ -963,6 +965,7 @@ class Outbox:
             epoch=self.epoch,
             appended=self.appended,
             commits=self.commits,
+            loop_commits=self.loop_commits,
             oldest_age_s=self._oldest_age,
         )
 
