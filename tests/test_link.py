@@ -49,17 +49,22 @@ class Seen:
 
 @asynccontextmanager
 async def subscriber(broker: Broker, pattern: str) -> AsyncIterator[Seen]:
-    """A commune-side client on ``pattern`` that survives broker restarts."""
+    """A commune-side client on ``pattern`` that survives broker restarts.
+
+    Its session is persistent (one client id, no clean start): what the gateway publishes
+    while this client is still reconnecting is queued for it by the broker, as for the
+    real commune, instead of being lost to the test (seen once: the gateway was back
+    first after an outage and its backlog went to nobody).
+    """
     seen = Seen()
     subscribed = asyncio.Event()
+    identifier = f"commune-{uuid.uuid4().hex[:8]}"
 
     async def listen() -> None:
         while True:
             try:
                 async with aiomqtt.Client(
-                    broker.host,
-                    broker.port,
-                    identifier=f"commune-{uuid.uuid4().hex[:8]}",
+                    broker.host, broker.port, identifier=identifier, clean_session=False
                 ) as client:
                     await client.subscribe(pattern, qos=1)
                     subscribed.set()
