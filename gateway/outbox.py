@@ -574,9 +574,11 @@ class Outbox:
             )
             self._loop_commit_paused_until = started + took + LOOP_COMMIT_PAUSE_S
             self._loop_commit_s = 0.0  # measured afresh after the pause
-        # Readers are woken on the next turn of the loop: this turn belongs to the
-        # caller, whose reply to the commune should leave first.
-        asyncio.get_running_loop().call_soon(self._committed, assigned)
+        # Readers are woken two turns later: the caller's reply to the commune should
+        # reach the socket first, and aiomqtt writes a publish on the second turn after
+        # the call (it schedules its add_writer, whose callback then writes).
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._committed, assigned)
         return assigned[-len(ops) :]
 
     # -- the writer thread ------------------------------------------------------------
