@@ -52,7 +52,8 @@ __all__ = [
     "Source",
 ]
 
-_log = get_logger("commands")
+_COMPONENT = "commands"
+_log = get_logger(_COMPONENT)
 
 PRIORITIES = ("emergency", "live", "announcement", "scheduled", "background")
 Priority = Literal["emergency", "live", "announcement", "scheduled", "background"]
@@ -484,7 +485,7 @@ class Dispatcher:
             event["error"] = reply.error_code
         key = (command_type or "unknown", source, reply.status)
         self.counts[key] = self.counts.get(key, 0) + 1
-        if is_enabled("commands", logging.INFO):
+        if is_enabled(_COMPONENT, logging.INFO):
             _log.info("command.handled", **event)
         # The event and the reply in one commit, without the group-commit window: the
         # commune waits for the reply, and two commits would cost it two fsyncs.
