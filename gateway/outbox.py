@@ -565,7 +565,8 @@ class Outbox:
             took = time.monotonic() - started
         finally:
             self._conn_lock.release()
-        self.loop_commits += 1
+        if all(seq >= 0 for _, seq in assigned):  # a failed commit is no commit
+            self.loop_commits += 1
         self._loop_commit_s += (took - self._loop_commit_s) * _LOOP_COMMIT_WEIGHT
         if self._loop_commit_s > LOOP_COMMIT_MAX_S:
             _log.info(
