@@ -30,7 +30,7 @@ from pathlib import Path
 import aiomqtt
 
 from bench.common import p
-from gateway.mqtt import TCP_NODELAY_OPTION
+from gateway.mqtt import TCP_NODELAY_OPTION, Topics
 from tests.conftest import Broker, clean_env, free_port, terminate
 
 COMMANDS = 1_000
@@ -68,7 +68,7 @@ async def _round_trips(
 
 
 async def _alternate(
-    broker: Broker, echo_cmd: str, ours_cmd: str
+    broker: Broker, echo: Topics, ours: Topics
 ) -> list[tuple[list[float], list[float]]]:
     """Rounds of ``ROUND`` commands to the echo, then as many to the gateway, until each
     has answered ``COMMANDS``. Returns (echo times, gateway times) per pair of rounds."""
@@ -76,20 +76,16 @@ async def _alternate(
     async with aiomqtt.Client(
         broker.host, broker.port, socket_options=[TCP_NODELAY_OPTION]
     ) as commune:
-        await commune.subscribe([(_reply_topic(echo_cmd), 1), (_reply_topic(ours_cmd), 1)])
-        await _round_trips(commune, echo_cmd, WARM_UP, [])
-        await _round_trips(commune, ours_cmd, WARM_UP, [])
+        await commune.subscribe([(echo.reply, 1), (ours.reply, 1)])
+        await _round_trips(commune, echo.cmd, WARM_UP, [])
+        await _round_trips(commune, ours.cmd, WARM_UP, [])
         for _ in range(COMMANDS // ROUND):
-            bare: list[float] = []
-            ours: list[float] = []
-            await _round_trips(commune, echo_cmd, ROUND, bare)
-            await _round_trips(commune, ours_cmd, ROUND, ours)
-            pairs.append((bare, ours))
+            bare_times: list[float] = []
+            our_times: list[float] = []
+            await _round_trips(commune, echo.cmd, ROUND, bare_times)
+            await _round_trips(commune, ours.cmd, ROUND, our_times)
+            pairs.append((bare_times, our_times))
     return pairs
-
-
-def _reply_topic(cmd_topic: str) -> str:
-    return cmd_topic.removesuffix("/cmd") + "/reply"
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -155,8 +151,16 @@ async def run() -> str:
         processes: list[subprocess.Popen[bytes]] = []
         try:
             echo_log = workdir / "echo.log"
+            echo_topics = Topics("b", "echo")
             echo = _start(
-                ["-m", "bench.echo", broker.host, str(broker.port), "b/echo/cmd", "b/echo/reply"],
+                [
+                    "-m",
+                    "bench.echo",
+                    broker.host,
+                    str(broker.port),
+                    echo_topics.cmd,
+                    echo_topics.reply,
+                ],
                 echo_log,
             )
             processes.append(echo)
@@ -173,8 +177,9 @@ async def run() -> str:
             )
             daemon = _start(["-m", "gateway", "run", "--config", str(config)], workdir / "d.log")
             processes.append(daemon)
-            await _wait_online(broker, f"vg/v1/{gateway}/status")
-            pairs = await _alternate(broker, "b/echo/cmd", f"vg/v1/{gateway}/cmd")
+            gateway_topics = Topics("vg/v1", gateway)
+            await _wait_online(broker, gateway_topics.status)
+            pairs = await _alternate(broker, echo_topics, gateway_topics)
         finally:
             for process in processes:
                 terminate(process)
