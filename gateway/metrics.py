@@ -11,16 +11,25 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from gateway.component import Health
 
 if TYPE_CHECKING:
     from gateway.link import LinkStats
+    from gateway.looplag import LoopLagStats
     from gateway.outbox import OutboxStats
 
 __all__ = ["build_registry"]
+
+_Family = InfoMetricFamily | GaugeMetricFamily | CounterMetricFamily | SummaryMetricFamily
 
 
 class _GatewayCollector(Collector):
@@ -32,14 +41,16 @@ class _GatewayCollector(Collector):
         healths: Callable[[], Iterable[Health]],
         outbox: Callable[[], OutboxStats | None],
         link: Callable[[], LinkStats | None],
+        loop_lag: Callable[[], LoopLagStats | None] | None,
     ) -> None:
         self._version = version
         self._started = started
         self._healths = healths
         self._outbox = outbox
         self._link = link
+        self._loop_lag = loop_lag
 
-    def collect(self) -> Iterator[InfoMetricFamily | GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[_Family]:
         yield InfoMetricFamily(
             "vg_build", "Version of the gateway", value={"version": self._version}
         )
@@ -66,6 +77,7 @@ class _GatewayCollector(Collector):
         yield restarts
         yield from self._collect_outbox()
         yield from self._collect_link()
+        yield from self._collect_loop_lag()
 
     def _collect_outbox(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._outbox()
@@ -88,12 +100,6 @@ class _GatewayCollector(Collector):
         )
         yield CounterMetricFamily(
             "vg_outbox_commits", "Transactions committed (fsyncs)", value=stats.commits
-        )
-        yield CounterMetricFamily(
-            "vg_outbox_loop_commits",
-            "Of those, commits of commands' records made on the event loop (few while the"
-            " SD card is slow: then they go through the writer thread)",
-            value=stats.loop_commits,
         )
         if stats.oldest_age_s is not None:
             yield GaugeMetricFamily(
@@ -126,6 +132,34 @@ class _GatewayCollector(Collector):
             value=stats.resent_records,
         )
 
+    def _collect_loop_lag(self) -> Iterator[SummaryMetricFamily | GaugeMetricFamily]:
+        """``vg_loop_lag_seconds`` as a Prometheus summary.
+
+        A summary because the quantiles are computed here, over the last minute
+        (:data:`gateway.looplag.WINDOW_S`), which is what a summary's ``quantile`` label
+        means to Prometheus users; ``quantile="1"`` is the window's max, as in Go's
+        ``go_gc_duration_seconds``. ``_sum``/``_count`` cover every sample since start,
+        so ``rate(_sum)/rate(_count)`` gives the mean lag over any range. The max since
+        start is a gauge beside it, so a stall between two scrapes is not lost.
+        """
+        stats = self._loop_lag() if self._loop_lag is not None else None
+        if stats is None:
+            return
+        name = "vg_loop_lag_seconds"
+        lag = SummaryMetricFamily(
+            name,
+            "How late the event loop ran a wake-up, over the last minute (quantile 1 is the max)",
+        )
+        for quantile, value in (("0.5", stats.p50), ("0.99", stats.p99), ("1", stats.max)):
+            lag.samples.append(Sample(name, {"quantile": quantile}, value))
+        lag.add_metric([], stats.count, stats.total)
+        yield lag
+        yield GaugeMetricFamily(
+            "vg_loop_lag_max_seconds",
+            "The largest event loop lag since the daemon started",
+            value=stats.max_ever,
+        )
+
 
 def build_registry(
     *,
@@ -134,13 +168,23 @@ def build_registry(
     healths: Callable[[], Iterable[Health]],
     outbox: Callable[[], OutboxStats | None],
     link: Callable[[], LinkStats | None],
+    loop_lag: Callable[[], LoopLagStats | None] | None = None,
     extra: Iterable[Collector] = (),
 ) -> CollectorRegistry:
-    """A registry holding the gateway's collector and ``extra`` ones (nothing global)."""
+    """A registry holding the gateway's collector and ``extra`` ones (nothing global).
+
+    ``loop_lag`` gives :meth:`gateway.looplag.LoopLag.stats`; without it (or while it
+    returns None) ``vg_loop_lag_seconds`` is left out.
+    """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         _GatewayCollector(
-            version=version, started=started, healths=healths, outbox=outbox, link=link
+            version=version,
+            started=started,
+            healths=healths,
+            outbox=outbox,
+            link=link,
+            loop_lag=loop_lag,
         )
     )
     for collector in extra:
