@@ -6,6 +6,7 @@ the network and never clash with a demo running on the same machine.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -17,11 +18,13 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 import structlog
 
@@ -111,6 +114,34 @@ class Broker:
         """Stop, then start again on the same port."""
         self.stop()
         self.start()
+
+
+async def wait_online(
+    broker: Broker, gateway: str, *, prefix: str = "vg/v1", within_s: float = 15.0
+) -> dict[str, Any]:
+    """Wait for the gateway's retained ``{"online": true}`` on ``P/ID/status``; returns it.
+
+    The gateway publishes it only after it has subscribed its command topics, so a command
+    published once this returns reaches it (a sleep "for the subscription" only guesses).
+    Use a gateway id no earlier run has left an ``online: true`` under.
+    """
+    topic = f"{prefix}/{gateway}/status"
+    try:
+        async with (
+            asyncio.timeout(within_s),
+            aiomqtt.Client(
+                broker.host, broker.port, identifier=f"online-{uuid.uuid4().hex[:8]}"
+            ) as client,
+        ):
+            await client.subscribe(topic, qos=1)
+            async for message in client.messages:
+                raw = message.payload
+                status = json.loads(raw) if isinstance(raw, bytes) and raw else {}
+                if isinstance(status, dict) and status.get("online") is True:
+                    return status
+    except TimeoutError:
+        pass
+    pytest.fail(f"{topic} did not say online: true within {within_s} s")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from tests.conftest import Broker, ConfigFile, Daemon, clean_env, free_port
+from tests.conftest import Broker, ConfigFile, Daemon, clean_env, free_port, wait_online
 from tests.test_app import wait_for
 from tests.test_link import settings_for, subscriber
 
@@ -63,7 +63,7 @@ async def test_send_ping_and_log_level(
     exits 0; `log.level level=DEBUG` changes the level at run time; a bad argument is
     rejected and `send` exits 1."""
     daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
-    await asyncio.sleep(0.5)  # let the daemon subscribe
+    await wait_online(broker, gateway)
     ping = await asyncio.to_thread(send, broker, "--gateway", gateway, "system.ping")
     assert ping.returncode == 0, ping.stderr
     reply = json.loads(ping.stdout)
@@ -87,7 +87,7 @@ async def test_bad_payloads_over_mqtt_get_their_replies(
         subscriber(broker, f"vg/v1/{gateway}/reply") as seen,
         aiomqtt.Client(broker.host, broker.port) as commune,
     ):
-        await asyncio.sleep(0.5)
+        await wait_online(broker, gateway)
         cmd = f"vg/v1/{gateway}/cmd"
         await commune.publish(cmd, b"not json", qos=1)
         await commune.publish(cmd, b'{"id": "u-1", "type": "relay.fly", "args": {}}', qos=1)
@@ -103,10 +103,12 @@ async def test_bad_payloads_over_mqtt_get_their_replies(
         )
         await commune.publish(cmd, b'{"id": "d-1", "type": "system.ping", "args": {}}', qos=1)
         await commune.publish(cmd, b'{"id": "d-1", "type": "system.ping", "args": {}}', qos=1)
-        await wait_for(lambda: len(seen.on("/reply")) >= 6, 10)
-        await asyncio.sleep(0.5)
+        # Commands run in arrival order: once the last one is answered, a reply to any
+        # of the ignored ones would have come before it.
+        await commune.publish(cmd, b'{"id": "end", "type": "system.ping", "args": {}}', qos=1)
+        await wait_for(lambda: any(r["id"] == "end" for r in seen.on("/reply")), 10)
         await commune.publish(cmd, b"", qos=1, retain=True)  # clear the retained one
-    replies = seen.on("/reply")
+    replies = [r for r in seen.on("/reply") if r["id"] != "end"]
     codes = [(r["id"], r["status"], (r.get("error") or {}).get("code")) for r in replies]
     assert (None, "rejected", "bad_json") in codes
     assert ("u-1", "rejected", "unknown_type") in codes
@@ -130,7 +132,7 @@ async def test_each_command_gets_exactly_one_reply_in_order(
         subscriber(broker, f"vg/v1/{gateway}/#") as seen,
         aiomqtt.Client(broker.host, broker.port) as commune,
     ):
-        await asyncio.sleep(0.5)
+        await wait_online(broker, gateway)
         for n in range(50):
             args = {"relay": "yard", "on": n % 2 == 0}  # the last one (n = 49) is off
             body = {"id": f"one-{n}", "type": "relay.set", "args": args}
@@ -163,7 +165,8 @@ async def test_group_command_reaches_every_gateway(
         config = ConfigFile(folder / "config.toml", folder / "state", free_port(), free_port())
         config.write()
         daemons.append(daemon_on(broker, config, start_daemon, group))
-    await asyncio.sleep(0.5)
+    for _, gateway in daemons:
+        await wait_online(broker, gateway)
     result = await asyncio.to_thread(
         send, broker, "--group", group, "--timeout", "4", "system.ping"
     )
@@ -190,7 +193,7 @@ async def test_relay_commands_over_mqtt(
     rejected with unknown_target and changes nothing."""
     daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
     async with subscriber(broker, f"vg/v1/{gateway}/state/relays") as seen:
-        await asyncio.sleep(0.5)
+        await wait_online(broker, gateway)
         on = await asyncio.to_thread(
             send, broker, "--gateway", gateway, "relay.set", "relay=yard", "on=true"
         )
@@ -225,7 +228,7 @@ async def test_schedule_set_over_mqtt(
     an unknown relay, one whose off is not after its on, a bad time, or a bad or foreign
     time zone is rejected as a whole and the stored schedules stay."""
     daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
-    await asyncio.sleep(0.5)
+    await wait_online(broker, gateway)
     good = '[{"relay": "yard", "on": "sunset+10m", "off": "22:30"}]'
     done = await asyncio.to_thread(
         send, broker, "--gateway", gateway, "schedule.set", f"schedules={good}"
@@ -272,7 +275,7 @@ async def test_hotspots_probe_over_mqtt(
     """`send hotspots.probe` probes every hotspot at once and the reply carries each
     one's result (here the hall hotspot is the daemon's own web port: up)."""
     daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
-    await asyncio.sleep(0.5)
+    await wait_online(broker, gateway)
     result = await asyncio.to_thread(send, broker, "--gateway", gateway, "hotspots.probe")
     assert result.returncode == 0, result.stdout + result.stderr
     hall = json.loads(result.stdout)["result"]["hotspots"]["hall"]

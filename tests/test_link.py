@@ -216,7 +216,7 @@ async def test_command_sent_while_away_arrives_after_reconnect(
     settings, gateway = settings_for(config_file, broker)
     received: list[tuple[str, bytes]] = []
 
-    async def on_command(topic: str, payload: bytes, retained: bool) -> None:
+    def on_command(topic: str, payload: bytes, retained: bool) -> None:
         received.append((topic, payload))
 
     outbox = await Outbox.open(tmp_path / "link-state", commit_window_s=0.01)
@@ -231,6 +231,7 @@ async def test_command_sent_while_away_arrives_after_reconnect(
             started_at="now",
             boot_count=1,
             clock_synced=lambda: False,
+            rng=random.Random(3),  # noqa: S311 - reproducible reconnect jitter
         )
 
     link = make_link()

@@ -605,10 +605,11 @@ async def test_watch_one_gateway(broker: Broker) -> None:
         await gateway.publish(f"{prefix}/gw2/events", b'{"n": 2}', qos=1)
         await gateway.publish(f"{prefix}/gw1/events", b'{"n": 1}', qos=1)
         await gateway.publish(f"{prefix}/group/g/cmd", b'{"n": 3}', qos=1)
-        await out.wait_for_lines(2)
-        await asyncio.sleep(0.2)  # room for a wrong third line to show up
+        # The broker keeps one publisher's order: a wrong line would come before this one.
+        await gateway.publish(f"{prefix}/gw1/events", b'{"n": 4}', qos=1)
+        await out.wait_for_text('{"n": 4}')
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [line["payload"] for line in lines] == [{"n": 1}, {"n": 3}]
+    assert [line["payload"] for line in lines] == [{"n": 1}, {"n": 3}, {"n": 4}]
 
 
 async def test_watch_waits_for_the_broker_and_reconnects(tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ class Rig:
         self.banks: list[RelayBank] = []
         self.tasks: list[asyncio.Task[None]] = []
 
-    async def _event(self, event: dict[str, Any]) -> None:
+    def _event(self, event: dict[str, Any]) -> None:
         self.events.append(event)
 
     def bank(
@@ -276,12 +276,14 @@ async def test_for_s_survives_a_restart(rig: Rig) -> None:
 async def test_a_new_command_cancels_the_old_timer(rig: Rig) -> None:
     """An operator's command after a timed one is final: the old for_s timer must not
     later undo it."""
-    bank = rig.bank({"yard": relay(17)})
+    bank = rig.bank({"yard": relay(17), "porch": relay(27)})
     rig.start(bank)
     await bank.set("yard", True, for_s=0.2, source="test")
     state = await bank.set("yard", True, source="operator")
     assert state["until"] is None
-    await asyncio.sleep(0.5)
+    # A witness timer due after the old one: once it has fired, the old one would have.
+    await bank.set("porch", True, for_s=0.3, source="test")
+    await wait_for(lambda: bank.snapshot()["relays"]["porch"]["on"] is False)
     yard = bank.snapshot()["relays"]["yard"]
     assert yard["on"] is True
     assert yard["source"] == "operator"
@@ -450,6 +452,7 @@ async def test_snapshot_state_events_and_file(rig: Rig) -> None:
     assert rig.events == [
         {"type": "relay.switched", "relay": "yard", "on": True, "source": "web", "mode": "manual"}
     ]
+    bank.flush()  # the state file is written off the event loop
     saved = json.loads((rig.state_dir / "relays.json").read_text())
     assert saved["relays"]["yard"]["on"] is True
     assert not list(rig.state_dir.glob(".*.tmp"))
