@@ -4,6 +4,8 @@
 reply as JSON; ``--group G`` publishes to ``P/group/G/cmd`` and prints the final reply of
 every gateway that answers within the timeout. Values are JSON where they parse as JSON
 (``on=true``, ``for_s=600``, ``schedules=[...]``), strings otherwise (``relay=yard``).
+With ``--hmac-key-file PATH`` the command carries ``sig``, signed as the gateway checks it
+(:func:`gateway.commands.sign`), for gateways that set ``commands.hmac_key_file``.
 Exit status: 0 only when every reply is ``done``; 1 otherwise; 2 for bad options;
 3 when no final reply came in time.
 """
@@ -15,11 +17,13 @@ import asyncio
 import json
 import sys
 import uuid
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, Final, TextIO
 
 import aiomqtt
 
 from gateway.clock import now_iso
+from gateway.commands import sign
 from gateway.errors import ConfigError
 from gateway.mqtt import (
     Topics,
@@ -29,11 +33,13 @@ from gateway.mqtt import (
     mqtt_section_from_args,
 )
 
-__all__ = ["add_arguments", "build_command", "run"]
+__all__ = ["add_arguments", "build_command", "read_hmac_key", "run"]
 
 EXIT_NOT_DONE = 1
 EXIT_BAD_OPTIONS = 2
 EXIT_TIMEOUT = 3
+
+HMAC_FLAG: Final = "--hmac-key-file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait for the final reply (default 30)",
     )
     parser.add_argument("--ttl", type=int, metavar="S", help="ttl_s of the command")
+    parser.add_argument(
+        HMAC_FLAG,
+        type=Path,
+        metavar="PATH",
+        help="sign the command with the key in this file (the gateway's commands.hmac_key_file)",
+    )
     parser.add_argument("type", metavar="TYPE", help="command type, e.g. relay.set")
     parser.add_argument("args", nargs="*", metavar="KEY=VALUE", help="command arguments")
     add_broker_arguments(parser)
@@ -60,8 +72,26 @@ def _value(text: str) -> object:
         return text
 
 
-def build_command(type_: str, pairs: list[str], *, ttl_s: int | None = None) -> dict[str, Any]:
-    """The command envelope for ``TYPE key=value ...`` with a fresh id and issued_at."""
+def read_hmac_key(path: Path) -> bytes:
+    """The signing key in ``path``, read as the daemon reads commands.hmac_key_file (its
+    bytes, surrounding whitespace stripped); raises :class:`ConfigError` naming the flag."""
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError.single(
+            HMAC_FLAG, f"{path} cannot be read: {exc.strerror or exc}"
+        ) from None
+    if not key:
+        raise ConfigError.single(HMAC_FLAG, f"{path} is empty")
+    return key
+
+
+def build_command(
+    type_: str, pairs: list[str], *, ttl_s: int | None = None, hmac_key: bytes | None = None
+) -> dict[str, Any]:
+    """The command envelope for ``TYPE key=value ...`` with a fresh id and issued_at,
+    signed (``sig``) when ``hmac_key`` is given. ``issued_at`` is always there: a gateway
+    with a key requires it (a signed command without it could be replayed forever)."""
     args: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -76,6 +106,8 @@ def build_command(type_: str, pairs: list[str], *, ttl_s: int | None = None) -> 
     }
     if ttl_s is not None:
         command["ttl_s"] = ttl_s
+    if hmac_key is not None:
+        command["sig"] = sign(command, hmac_key)
     return command
 
 
@@ -86,7 +118,8 @@ async def send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_BAD_OPTIONS
     try:
         mqtt = mqtt_section_from_args(args)
-        command = build_command(args.type, args.args, ttl_s=args.ttl)
+        key = read_hmac_key(args.hmac_key_file) if args.hmac_key_file is not None else None
+        command = build_command(args.type, args.args, ttl_s=args.ttl, hmac_key=key)
         topics = Topics(mqtt.topic_prefix, args.gateway or "commune")
     except (ConfigError, ValueError) as exc:
         err.write(f"village-gateway send: {exc}\n")

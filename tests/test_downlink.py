@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
+from gateway.send import build_command, read_hmac_key
 from tests.conftest import Broker, ConfigFile, Daemon, clean_env, free_port, wait_online
 from tests.test_app import wait_for
 from tests.test_link import settings_for, subscriber
@@ -43,14 +47,20 @@ def send(broker: Broker, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def daemon_on(
-    broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon], group: str
+    broker: Broker,
+    config_file: ConfigFile,
+    start_daemon: Callable[..., Daemon],
+    group: str,
+    *,
+    extra: str = "",
 ) -> tuple[Daemon, str]:
-    """A daemon on the test broker with a fresh id, in ``group``."""
+    """A daemon on the test broker with a fresh id, in ``group``; ``extra`` is appended
+    to its configuration file (more tables)."""
     _, gateway = settings_for(config_file, broker)
     text = config_file.path.read_text().replace(
         'groups = ["commune.test"]', f'groups = ["{group}"]'
     )
-    config_file.path.write_text(text)
+    config_file.path.write_text(text + extra)
     daemon = start_daemon("--config", str(config_file.path), web_port=config_file.web_port)
     daemon.wait_healthy()
     return daemon, gateway
@@ -183,6 +193,65 @@ def test_send_without_target_is_a_usage_error(broker: Broker) -> None:
     result = send(broker, "system.ping")
     assert result.returncode == 2
     assert "exactly one of --gateway or --group" in result.stderr
+
+
+def test_send_signs_as_documented(tmp_path: Path) -> None:
+    """With a key, the envelope carries issued_at (with a UTC offset) and ``sig``: the hex
+    HMAC-SHA256 of the command without ``sig``, JSON with sorted keys, no spaces, UTF-8,
+    as docs/protocol.md says; the key file is read as bytes, surrounding whitespace
+    stripped (as the daemon reads commands.hmac_key_file)."""
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"  s3cret\n")
+    key = read_hmac_key(key_file)
+    assert key == b"s3cret"
+    command = build_command("relay.set", ["relay=đèn", "on=true"], ttl_s=60, hmac_key=key)
+    assert datetime.fromisoformat(command["issued_at"]).utcoffset() is not None
+    unsigned = {k: v for k, v in command.items() if k != "sig"}
+    text = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert command["sig"] == hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+    assert "sig" not in build_command("system.ping", [])
+
+
+def test_send_refuses_an_unusable_key_file(broker: Broker, tmp_path: Path) -> None:
+    """A missing, unreadable (a folder) or empty --hmac-key-file is a usage error naming
+    the flag and the file: exit 2, nothing is published."""
+    empty = tmp_path / "empty"
+    empty.write_bytes(b" \n")
+    for path in (tmp_path / "missing", tmp_path, empty):
+        result = send(broker, "--gateway", "gw", "--hmac-key-file", str(path), "system.ping")
+        assert result.returncode == 2, result.stderr
+        assert f"--hmac-key-file: {path}" in result.stderr
+        assert result.stdout == ""
+
+
+async def test_signed_commands_over_mqtt(
+    broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A gateway with commands.hmac_key_file runs `send --hmac-key-file` with the same key
+    (done) and refuses a command without a signature or signed with another key
+    (rejected, forbidden; send exits 1)."""
+    key_file, other = tmp_path / "hmac.key", tmp_path / "other.key"
+    key_file.write_bytes(b"village-secret\n")
+    other.write_bytes(b"not-the-key")
+    daemon, gateway = daemon_on(
+        broker,
+        config_file,
+        start_daemon,
+        f"g-{uuid.uuid4().hex[:6]}",
+        extra=f'\n[commands]\nhmac_key_file = "{key_file}"\n',
+    )
+    await wait_online(broker, gateway)
+    signed = await asyncio.to_thread(
+        send, broker, "--gateway", gateway, "--hmac-key-file", str(key_file), "system.ping"
+    )
+    assert signed.returncode == 0, signed.stdout + signed.stderr
+    assert json.loads(signed.stdout)["status"] == "done"
+    for flags in ([], ["--hmac-key-file", str(other)]):
+        refused = await asyncio.to_thread(send, broker, "--gateway", gateway, *flags, "system.ping")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        reply = json.loads(refused.stdout)
+        assert (reply["status"], reply["error"]["code"]) == ("rejected", "forbidden")
+    assert daemon.stop()[0] == 0
 
 
 async def test_relay_commands_over_mqtt(
