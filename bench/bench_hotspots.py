@@ -121,7 +121,7 @@ async def _monitor(port: int, icmp: bool, duration_s: float) -> tuple[float, flo
         probes.append(IcmpProbe(kind="icmp", timeout_s=TIMEOUT_S))
     config = HotspotConfig(host=LOOPBACK, interval_s=INTERVAL_S, probes=probes)
 
-    async def sink(event: dict[str, Any]) -> None:
+    def sink(event: dict[str, Any]) -> None:
         del event
 
     state = StateStore()

@@ -178,7 +178,7 @@ async def _player_figures(
     def report(message: Report) -> None:
         loop.call_soon_threadsafe(holder[0].on_report, message)
 
-    async def on_event(event: dict[str, Any]) -> None:
+    def on_event(event: dict[str, Any]) -> None:
         if event["type"] == "pa.finished":
             finished.setdefault(event["item"], asyncio.Event()).set()
 
@@ -190,7 +190,7 @@ async def _player_figures(
         open_chime=None,
         on_event=on_event,
         on_change=lambda: None,
-        amplifier=Amplifier(None, warmup_s=0, idle_off_s=30, relay_on=lambda: None),
+        amplifier=Amplifier(None, warmup_s=0, idle_off_s=30),
         volume=100,
     )
     player.first_sample = firsts.__setitem__
@@ -273,7 +273,7 @@ def _cpu_figures(device: str, mp3: Path) -> tuple[float, float] | None:
         def report(message: Report) -> None:
             loop.call_soon_threadsafe(holder[0].on_report, message)
 
-        async def on_event(event: dict[str, Any]) -> None:
+        def on_event(event: dict[str, Any]) -> None:
             if event["type"] in ("pa.finished", "pa.failed"):
                 done.set()
 
@@ -290,7 +290,7 @@ def _cpu_figures(device: str, mp3: Path) -> tuple[float, float] | None:
             open_chime=None,
             on_event=on_event,
             on_change=lambda: None,
-            amplifier=Amplifier(None, warmup_s=0, idle_off_s=30, relay_on=lambda: None),
+            amplifier=Amplifier(None, warmup_s=0, idle_off_s=30),
             volume=80,
         )
         holder.append(player)

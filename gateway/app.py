@@ -29,15 +29,17 @@ from gateway.config import Settings, flatten, load_settings
 from gateway.control import Control
 from gateway.downlink import Downlink
 from gateway.errors import ConfigError, StartupError
+from gateway.events import EventHub
 from gateway.files import write_atomic
 from gateway.hotspots import HotspotMonitor
 from gateway.hotspots.demo import with_web_port
 from gateway.link import Link
 from gateway.log import get_logger, set_level
+from gateway.looplag import LoopLag
 from gateway.logupload import LogUploader
 from gateway.metrics import build_registry
 from gateway.mqtt import Topics
-from gateway.outbox import Outbox, Stream
+from gateway.outbox import Outbox
 from gateway.pa import PublicAddress
 from gateway.relays import RelayError
 from gateway.state import StateStore
@@ -114,6 +116,7 @@ class App:
         self._uploader = uploader
         self.state = StateStore()
         self.outbox: Outbox | None = None
+        self.events: EventHub | None = None
         self.link: Link | None = None
         self.dispatcher: Dispatcher | None = None
         self.control: Control | None = None
@@ -122,8 +125,10 @@ class App:
         self.components: list[Component] = []
         self.healths: dict[str, Health] = {}
         self._watchdog_withheld: str | None = None
+        self.loop_lag = LoopLag()
         registry = build_registry(
             version=__version__,
+            loop_lag=self.loop_lag.stats,
             started=self._started,
             healths=self.healths.values,
             outbox=lambda: self.outbox.stats() if self.outbox else None,
@@ -155,26 +160,24 @@ class App:
         )
         if self._uploader is not None:
             self._uploader.attach(self.outbox)
+        self.events = EventHub(self.outbox, feed=self.web.event)
         self.control = Control(
-            settings, state=self.state, on_event=self._append_event, demo=self._demo
+            settings, state=self.state, on_event=self.events.emit, demo=self._demo
         )
         self.pa = PublicAddress(
-            settings, state=self.state, on_event=self._append_event, relays=self.control.relays
+            settings, state=self.state, on_event=self.events.emit, relays=self.control.relays
         )
         self.hotspots = HotspotMonitor(
-            settings.hotspots, settings.uplink, state=self.state, on_event=self._append_event
+            settings.hotspots, settings.uplink, state=self.state, on_event=self.events.emit
         )
         self.dispatcher = Dispatcher(
             state_dir=settings.gateway.state_dir,
             handlers=self._handlers(),
-            record=self._record,
+            outbox=self.outbox,
+            events=self.events,
             clock_synced=clock_synced,
             default_ttl_s=settings.commands.default_ttl_s,
             max_bytes=settings.commands.max_bytes,
-            hmac_key=_read_key(settings.commands.hmac_key_file),
-            rate_per_s=settings.commands.max_per_s,
-            burst=settings.commands.burst,
-            on_mqtt_reply=self._expect_reply,
         )
         self.link = Link(
             settings,
@@ -184,6 +187,9 @@ class App:
                 self.dispatcher,
                 Topics(settings.mqtt.topic_prefix, settings.gateway.id),
                 settings.gateway.groups,
+                hmac_key=_read_key(settings.commands.hmac_key_file),
+                rate_per_s=settings.commands.max_per_s,
+                burst=settings.commands.burst,
             ),
             started_at=self._started_at,
             boot_count=boot_count,
@@ -202,7 +208,6 @@ class App:
             self.control.open(self.dispatcher.dispatch)
         except RelayError as exc:
             raise StartupError.single("relays", str(exc)) from exc
-        self.pa.open(self.dispatcher.dispatch)
         self.components = [
             self.control.relays,
             self.control.scheduler,
@@ -211,26 +216,12 @@ class App:
             self.link,
             telemetry,
             self.hotspots,
+            self.loop_lag,
             *self._extra_components,
         ]
         self.healths.update(
             (c.name, Health(c.name, c.critical, c.heartbeat_timeout_s)) for c in self.components
         )
-
-    async def _record(self, records: list[tuple[Stream, dict[str, Any]]]) -> None:
-        """A command's event (and reply): stored together at once, then passed on; for
-        a reply that is its publish, so this returns once the broker has it."""
-        assert self.outbox is not None  # noqa: S101 - opened before the dispatcher exists
-        seqs = await self.outbox.append_now(records)
-        for (stream, record), seq in zip(records, seqs, strict=True):
-            if stream == "events":
-                self.web.event(record, seq)
-            elif stream == "replies" and self.link is not None:
-                await self.link.reply_stored(record, seq)
-
-    def _expect_reply(self, reply: dict[str, Any]) -> None:
-        if self.link is not None:
-            self.link.expect_reply(reply.get("id"))
 
     def handled_types(self) -> list[str]:
         """The command types this gateway runs (others answer ``not_available``)."""
@@ -250,11 +241,6 @@ class App:
     async def _hotspots_probe(self, args: BaseModel, source: Source) -> dict[str, Any]:
         assert self.hotspots is not None  # noqa: S101 - only registered once built
         return await self.hotspots.probe_now()
-
-    async def _append_event(self, event: dict[str, Any]) -> None:
-        """Components' events (a relay switched, a hotspot went down …) into the outbox."""
-        seq = await self.outbox.append("events", event) if self.outbox is not None else None
-        self.web.event(event, seq)
 
     async def _ping(self, args: BaseModel, source: Source) -> dict[str, Any]:
         return {
@@ -387,6 +373,9 @@ class App:
                     for c in self.components
                 ]
                 tasks.append(group.create_task(self._watchdog(), name="watchdog"))
+                if self.dispatcher is not None:
+                    # Commands claimed before a crash or stop and never answered.
+                    tasks.append(group.create_task(self._recover(), name="recover"))
                 self._notifier.ready(self.status_line())
                 self.started.set()
                 await self._stop.wait()
@@ -409,6 +398,10 @@ class App:
             await self._close_outbox()
             self._notifier.close()
         return 0
+
+    async def _recover(self) -> None:
+        assert self.dispatcher is not None  # noqa: S101 - built before run
+        await self.dispatcher.recover()
 
     async def _close_outbox(self) -> None:
         """Hand logging back to the terminal only, then commit and close the outbox."""

@@ -39,8 +39,9 @@ from pydantic import (
 from gateway.clock import now_iso
 from gateway.config import BroadcastSchedule, RelaySchedule
 from gateway.errors import GatewayError
+from gateway.events import EventHub
 from gateway.log import get_logger, is_enabled
-from gateway.outbox import Stream
+from gateway.outbox import Outbox, Stream, encode_record
 
 __all__ = [
     "PRIORITIES",
@@ -48,8 +49,13 @@ __all__ = [
     "CommandError",
     "Dispatcher",
     "Handler",
+    "LongJob",
+    "Redelivered",
     "Reply",
     "Source",
+    "TokenBucket",
+    "command_id_of",
+    "decode",
 ]
 
 _COMPONENT = "commands"
@@ -58,6 +64,7 @@ _log = get_logger(_COMPONENT)
 PRIORITIES = ("emergency", "live", "announcement", "scheduled", "background")
 Priority = Literal["emergency", "live", "announcement", "scheduled", "background"]
 Source = Literal["mqtt", "web", "schedule", "pa"]
+_SOURCES = ("mqtt", "web", "schedule", "pa")
 Status = Literal["accepted", "done", "rejected", "failed", "expired", "duplicate"]
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 _ID = re.compile(ID_PATTERN)
@@ -213,8 +220,22 @@ class Reply:
         return body
 
 
-Handler = Callable[[BaseModel, Source], Awaitable[dict[str, Any]]]
-"""Runs one command type: gets the validated args and the source, returns the result."""
+@dataclass(frozen=True, slots=True)
+class LongJob:
+    """What a handler returns for work that takes long (a download and its decode check).
+
+    The Dispatcher answers ``accepted`` at once (with ``accepted`` as its result), runs
+    ``work`` in the background, and answers its result (or its CommandError) as the
+    final reply. Other commands, to the same target too, do not wait for it.
+    """
+
+    work: Awaitable[dict[str, Any]]
+    accepted: dict[str, Any] | None = None
+
+
+Handler = Callable[[BaseModel, Source], Awaitable[dict[str, Any] | LongJob]]
+"""Runs one command type: gets the validated args and the source, returns the result
+(or a :class:`LongJob` whose result is the final reply)."""
 
 
 def _depth(value: object) -> int:
@@ -241,239 +262,505 @@ def sign(command: Mapping[str, Any], key: bytes) -> str:
     return hmac.new(key, canonical(command), hashlib.sha256).hexdigest()
 
 
-class _SeenIds:
-    """Command ids already run, in SQLite: kept 24 h or the newest 10,000, whichever is more."""
+class _Journal:
+    """Command ids already claimed, and the commands not yet answered, in SQLite.
+
+    Ids are kept 24 h or the newest 10,000, whichever is more (PROTOCOL.md). A command
+    claimed ``durably`` keeps its payload here until its reply is stored: a crash before
+    that leaves it to :meth:`Dispatcher.recover`, which runs it after the restart. That
+    is what lets the MQTT adapter acknowledge a command (PUBACK) once it is claimed.
+
+    ``synchronous = NORMAL`` in WAL mode: a claim is one append to the WAL without an
+    fsync (tens of microseconds, on the event loop); it survives any crash of the process,
+    and only a power cut in the instant after may forget it. Checkpoints, which do fsync,
+    run in a thread (``wal_autocheckpoint`` is off on the loop's connection).
+    """
 
     def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        # NORMAL (no fsync per id): an id survives any process crash; only a power cut in
-        # the instant after a command ran may forget it. Halves the command round trip.
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, at REAL NOT NULL)"
+        self.path = path
+        self._conn = self._connect()
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._conn.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS claims (
+                id TEXT PRIMARY KEY, at REAL NOT NULL, digest TEXT,
+                source TEXT, reply_up INTEGER NOT NULL DEFAULT 0, command BLOB
+            );
+            CREATE INDEX IF NOT EXISTS claims_open ON claims (at) WHERE command IS NOT NULL;
+            """
         )
-        self._lock = asyncio.Lock()
+        if self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'seen'"
+        ).fetchone():
+            # The first layout kept bare ids in ``seen``; they still count as run.
+            self._conn.execute("INSERT OR IGNORE INTO claims (id, at) SELECT id, at FROM seen")
+            self._conn.execute("DROP TABLE seen")
         self._added = 0
+        self._upkeep: asyncio.Task[None] | None = None
 
-    def _claim(self, command_id: str, now: float) -> bool:
-        """Record the id; False if it was there already. Committed before running."""
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return conn
+
+    def claim(self, claim: _Claim, now: float) -> bool:
+        """Record the id (and, if durable, the command); False if it was there already."""
         try:
-            self._conn.execute("INSERT INTO seen (id, at) VALUES (?, ?)", (command_id, now))
+            self._conn.execute(
+                "INSERT INTO claims (id, at, digest, source, reply_up, command) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (claim.id, now, claim.digest, claim.source, claim.reply_up, claim.payload),
+            )
         except sqlite3.IntegrityError:
             return False
         self._added += 1
+        if self._added % 500 == 0 and (self._upkeep is None or self._upkeep.done()):
+            self._upkeep = asyncio.get_running_loop().create_task(
+                asyncio.to_thread(self._prune, now), name="commands-journal-upkeep"
+            )
         return True
 
+    def digest_of(self, command_id: str) -> tuple[str | None, bool] | None:
+        """(digest, still open) of a claimed id; None if it was never claimed."""
+        row = self._conn.execute(
+            "SELECT digest, command IS NOT NULL FROM claims WHERE id = ?", (command_id,)
+        ).fetchone()
+        return None if row is None else (row[0], bool(row[1]))
+
+    def answered(self, command_id: str) -> None:
+        """The command's reply is stored: forget its payload."""
+        self._conn.execute("UPDATE claims SET command = NULL WHERE id = ?", (command_id,))
+
+    def open_claims(self) -> list[_Claim]:
+        """Commands claimed durably and never answered, oldest first."""
+        rows = self._conn.execute(
+            "SELECT id, digest, source, reply_up, command FROM claims "
+            "WHERE command IS NOT NULL ORDER BY at, rowid"
+        ).fetchall()
+        return [_Claim(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
     def _prune(self, now: float) -> None:
-        self._conn.execute(
-            "DELETE FROM seen WHERE at < ? AND id NOT IN "
-            "(SELECT id FROM seen ORDER BY at DESC LIMIT ?)",
-            (now - KEEP_SECONDS, KEEP_IDS),
-        )
-
-    async def claim(self, command_id: str, now: float) -> bool:
-        """Record the id on the event loop; prune old ids in a thread now and then.
-
-        The insert is one WAL append without fsync (tens of microseconds), cheaper than
-        the hop to a thread and back that it used to take on every command; the prune
-        scans the table, so it stays off the loop.
-        """
-        async with self._lock:
-            claimed = self._claim(command_id, now)
-            if claimed and self._added % 500 == 0:
-                await asyncio.to_thread(self._prune, now)
-            return claimed
+        conn = self._connect()
+        try:
+            conn.execute(
+                "DELETE FROM claims WHERE at < ? AND command IS NULL AND id NOT IN "
+                "(SELECT id FROM claims ORDER BY at DESC LIMIT ?)",
+                (now - KEEP_SECONDS, KEEP_IDS),
+            )
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
     def close(self) -> None:
         """Close the database."""
+        if self._upkeep is not None:
+            self._upkeep.cancel()
         self._conn.close()
 
 
-class _RateLimit:
-    """Per source: at most ``rate`` commands a second, bursts of ``burst``."""
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    id: str
+    digest: str | None
+    source: str | None
+    reply_up: bool
+    payload: bytes | None
 
-    def __init__(self, rate: float, burst: float) -> None:
-        self._rate, self._burst = rate, burst
-        self._tokens: dict[str, float] = {}
-        self._last: dict[str, float] = {}
 
-    def allow(self, source: str, now: float) -> bool:
-        tokens = min(
-            self._burst,
-            self._tokens.get(source, self._burst)
-            + (now - self._last.get(source, now)) * self._rate,
-        )
-        self._last[source] = now
-        if tokens < 1:
-            self._tokens[source] = tokens
+class TokenBucket:
+    """At most ``rate`` a second, in bursts of ``burst``; ``allow`` never waits.
+
+    The MQTT adapter keeps one per kind of sender (signed, unsigned, malformed), so a
+    flood of one kind cannot spend the others' tokens.
+    """
+
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate, self._burst, self._clock = rate, burst, clock
+        self._tokens = burst
+        self._last = clock()
+
+    def allow(self) -> bool:
+        """Take a token if there is one."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1:
             return False
-        self._tokens[source] = tokens - 1
+        self._tokens -= 1
         return True
 
 
+LANES: Mapping[str, Callable[[BaseModel], str | None]] = {
+    "relay.set": lambda args: f"relay:{getattr(args, 'relay', '')}",
+    "relay.auto": lambda args: f"relay:{getattr(args, 'relay', '')}",
+    "schedule.set": lambda args: "schedule",
+    "pa.play": lambda args: "pa",
+    "pa.stop": lambda args: "pa",
+    "pa.volume": lambda args: "pa",
+    "pa.clip.fetch": lambda args: "pa",
+    "log.level": lambda args: "log",
+}
+"""Which commands must keep their order: those with the same lane run one after the
+other, in the order they came; different lanes (and types not listed) run side by side.
+A long job (``pa.clip.fetch``) holds its lane only until it is ``accepted``."""
+
+
 class Dispatcher:
-    """Validates, deduplicates, expires, runs, replies, logs. The one command path."""
+    """Validates, deduplicates, expires, runs, replies, logs. The one command path.
+
+    Source-neutral: what belongs to a source (MQTT signatures, rate limits and PUBACKs;
+    web sessions) is settled by its adapter before :meth:`submit`. The adapter says where
+    the reply goes: ``reply_up`` stores it in the outbox's ``replies`` stream with the
+    command's events, in one transaction, and the uplink publishes it (its one
+    publisher); without it the reply only goes back to the caller.
+    """
 
     def __init__(
         self,
         *,
         state_dir: Path,
         handlers: Mapping[str, Handler],
-        record: Callable[[list[tuple[Stream, dict[str, Any]]]], Awaitable[object]],
+        outbox: Outbox,
+        events: EventHub,
         clock_synced: Callable[[], bool],
         default_ttl_s: int = 300,
         max_bytes: int = 64 * 1024,
-        hmac_key: bytes | None = None,
-        rate_per_s: float = 20.0,
-        burst: float = 100.0,
         wall: Callable[[], float] = time.time,
-        on_mqtt_reply: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        self._seen = _SeenIds(state_dir / "commands.db")
+        self._journal = _Journal(state_dir / "commands.db")
         self._handlers = dict(handlers)
-        self._record = record
+        self._outbox = outbox
+        self._events = events
         self._clock_synced = clock_synced
         self._default_ttl_s = default_ttl_s
-        self._max_bytes = max_bytes
-        self._hmac_key = hmac_key
-        self._rate = _RateLimit(rate_per_s, burst)
+        self.max_bytes = max_bytes
         self._wall = wall
-        self._on_mqtt_reply = on_mqtt_reply
-        self._turn = asyncio.Lock()
+        self._lanes: dict[str, asyncio.Lock] = {}
+        self._running: set[asyncio.Future[Reply]] = set()
         self.counts: dict[tuple[str, str, str], int] = {}
         """Commands handled by (type, source, status), for ``/metrics``."""
 
     def close(self) -> None:
-        """Close the id store."""
-        self._seen.close()
+        """Stop what still runs (it is run again after a restart) and close the journal."""
+        for task in list(self._running):
+            task.cancel()
+        self._journal.close()
 
-    async def dispatch(self, payload: bytes | Mapping[str, Any], source: Source) -> Reply:
-        """Run one command from ``source``; always returns its one final Reply."""
+    @property
+    def running(self) -> int:
+        """Commands (and long jobs) running or waiting for their lane."""
+        return len(self._running)
+
+    async def dispatch(
+        self, payload: bytes | Mapping[str, Any], source: Source, *, reply_up: bool = False
+    ) -> Reply:
+        """Run one command from ``source``; returns its final Reply once it is stored."""
+        return await self.submit(payload, source, reply_up=reply_up)
+
+    def submit(
+        self,
+        payload: bytes | Mapping[str, Any],
+        source: Source,
+        *,
+        reply_up: bool = False,
+        durable: bool = False,
+    ) -> asyncio.Future[Reply]:
+        """Admit one command now, run it soon; the future resolves to its final Reply.
+
+        Everything that decides whether it runs happens before this returns: decoding,
+        validation, the ttl, and the claim of its id. With ``durable`` the command itself
+        is kept in the journal until its reply is stored, so the caller may acknowledge
+        it to its sender as soon as this returns (MQTT: the PUBACK).
+        """
         started = time.monotonic()
-        command_type: str | None = None
-        # One command runs at a time, in the order they arrived (the lock is fair), from
-        # every source; storing the event and reply happens after the turn is passed on,
-        # so the fsync of one command does not hold up the next.
-        async with self._turn:
-            try:
-                command, args = self._parse(payload, source)
-                command_type = command.type
-                reply = await self._run(command, args, source)
-            except CommandError as exc:
-                reply = Reply(exc.command_id, "rejected", None, exc.key, str(exc))
-        await self._log(reply, command_type, source, time.monotonic() - started)
-        return reply
-
-    def _parse(
-        self, payload: bytes | Mapping[str, Any], source: Source
-    ) -> tuple[Command, BaseModel]:
-        data = self._decode(payload)
-        raw_id = data.get("id")
-        command_id = raw_id if isinstance(raw_id, str) and _ID.fullmatch(raw_id) else None
+        loop = asyncio.get_running_loop()
         try:
-            return self._validate(data, source)
+            data = self._decode(payload)
+            command, args = self._validate(data)
         except CommandError as exc:
-            exc.command_id = command_id
-            raise
+            reply = Reply(exc.command_id, "rejected", None, exc.key, str(exc))
+            return self._answer_now(reply, None, source, reply_up, started)
+        verdict = self._judge(command, payload, data, source, reply_up=reply_up, durable=durable)
+        if verdict is not None:
+            return self._answer_now(verdict, command.type, source, reply_up, started)
+        task = loop.create_task(
+            self._execute(command, args, source, reply_up, started), name=f"command {command.id}"
+        )
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
 
-    def _validate(self, data: dict[str, Any], source: Source) -> tuple[Command, BaseModel]:
-        if not self._rate.allow(source, time.monotonic()):
-            raise CommandError(
-                "rate_limited", f"more than the allowed commands per second from {source}"
-            )
-        if self._hmac_key is not None:
-            self._check_signature(data)
+    def refuse(self, error: CommandError, source: Source, *, reply_up: bool) -> None:
+        """Answer a command its adapter refused (bad signature, rate limited, not JSON).
+
+        Stored within the group-commit window, not at once: a flood of junk must not
+        cost an fsync per message.
+        """
+        reply = Reply(error.command_id, "rejected", None, error.key, str(error))
+        event = self._event(reply, None, source, 0.0)
+        self._outbox.append_nowait(
+            "events", event, on_stored=lambda seq: self._events.stored(event, seq)
+        )
+        if reply_up:
+            self._outbox.append_nowait("replies", reply.as_dict())
+
+    async def recover(self) -> int:
+        """Run the commands that were claimed durably but never answered (the daemon
+        stopped or crashed in between), oldest first; returns how many.
+
+        A command whose reply did reach the outbox before the crash is only closed.
+        """
+        claims = self._journal.open_claims()
+        if not claims:
+            return 0
+        stored = await self._outbox.reply_ids()
+        replies: list[asyncio.Future[Reply]] = []
+        for claim in claims:
+            if claim.id in stored or claim.payload is None:
+                self._journal.answered(claim.id)
+                continue
+            source: Source = claim.source if claim.source in _SOURCES else "mqtt"  # type: ignore[assignment]
+            replies.append(self._resume(claim, source))
+        _log.info("commands.recovered", count=len(replies), closed=len(claims) - len(replies))
+        await asyncio.gather(*replies, return_exceptions=True)
+        return len(replies)
+
+    def _resume(self, claim: _Claim, source: Source) -> asyncio.Future[Reply]:
+        started = time.monotonic()
+        assert claim.payload is not None  # noqa: S101 - open claims keep their payload
+        try:
+            command, args = self._validate(self._decode(claim.payload))
+        except CommandError as exc:
+            reply = Reply(claim.id, "rejected", None, exc.key, str(exc))
+            return self._answer_now(reply, None, source, claim.reply_up, started)
+        expired = self._expired(command)
+        if expired is not None:
+            self._journal.answered(claim.id)
+            return self._answer_now(expired, command.type, source, claim.reply_up, started)
+        task = asyncio.get_running_loop().create_task(
+            self._execute(command, args, source, claim.reply_up, started)
+        )
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
+
+    # -- admission ----------------------------------------------------------------------
+
+    def _judge(
+        self,
+        command: Command,
+        payload: bytes | Mapping[str, Any],
+        data: Mapping[str, Any],
+        source: Source,
+        *,
+        reply_up: bool,
+        durable: bool,
+    ) -> Reply | None:
+        """``expired`` or ``duplicate``, or None after claiming the id (it runs)."""
+        expired = self._expired(command)
+        if expired is not None:
+            return expired
+        raw = payload if isinstance(payload, bytes) else encode_record(dict(data)).encode()
+        digest = hashlib.sha256(raw).hexdigest()
+        claim = _Claim(command.id, digest, source, reply_up, raw if durable else None)
+        if self._journal.claim(claim, self._wall()):
+            return None
+        known = self._journal.digest_of(command.id)
+        if durable and known is not None and known[0] == digest:
+            # The same bytes again under the same id: the broker redelivering a message
+            # whose PUBACK was lost, or a resend. Its one reply is stored or on its way.
+            raise Redelivered(command.id)
+        return Reply(command.id, "duplicate", None, "duplicate", "this id was already run")
+
+    def _expired(self, command: Command) -> Reply | None:
+        if command.issued_at is None or not self._clock_synced():
+            return None
+        issued = command.issued_at
+        ttl = command.ttl_s if command.ttl_s is not None else self._default_ttl_s
+        now = datetime.fromtimestamp(self._wall(), UTC)
+        if now <= issued + timedelta(seconds=ttl):
+            return None
+        return Reply(
+            command.id,
+            "expired",
+            None,
+            "expired",
+            f"issued at {issued.isoformat()}, valid for {ttl} s",
+        )
+
+    def _validate(self, data: dict[str, Any]) -> tuple[Command, BaseModel]:
+        command_id = command_id_of(data)
         try:
             command = Command.model_validate(data)
         except ValidationError as exc:
-            raise CommandError("bad_command", _first_error(exc)) from None
+            raise CommandError("bad_command", _first_error(exc), command_id=command_id) from None
+        if command.issued_at is not None and command.issued_at.tzinfo is None:
+            raise CommandError("bad_command", "issued_at needs a UTC offset", command_id=command_id)
         model = ARGS.get(command.type)
         if model is None:
             raise CommandError(
-                "unknown_type", f"unknown type {command.type!r}; one of {', '.join(ARGS)}"
+                "unknown_type",
+                f"unknown type {command.type!r}; one of {', '.join(ARGS)}",
+                command_id=command_id,
             )
         try:
             args = model.model_validate(command.args)
         except ValidationError as exc:
-            raise CommandError("bad_args", _first_error(exc)) from None
+            raise CommandError("bad_args", _first_error(exc), command_id=command_id) from None
         return command, args
 
     def _decode(self, payload: bytes | Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(payload, Mapping):
-            data: object = dict(payload)
-        else:
-            if len(payload) > self._max_bytes:
-                raise CommandError(
-                    "too_large",
-                    f"{len(payload)} bytes; at most {self._max_bytes} (commands.max_bytes)",
-                )
+            return dict(payload)
+        return decode(payload, self.max_bytes)
+
+    # -- running ------------------------------------------------------------------------
+
+    async def _execute(
+        self, command: Command, args: BaseModel, source: Source, reply_up: bool, started: float
+    ) -> Reply:
+        lane_of = LANES.get(command.type)
+        lane = self._lane(lane_of(args)) if lane_of is not None else None
+        job: LongJob | None = None
+        if lane is not None:
+            await lane.acquire()
+        try:
+            with self._events.collecting() as events:
+                reply, job = await self._run(command, args, source)
+            # Queued for the commit while still in the lane: replies of one lane are
+            # stored, and so published, in the order the commands came.
+            stored = self._store(reply, command.type, source, reply_up, started, events)
+        finally:
+            if lane is not None:
+                lane.release()
+        await stored
+        if job is None:
+            return reply
+        return await self._finish_job(command, job, source, reply_up, started)
+
+    async def _finish_job(
+        self, command: Command, job: LongJob, source: Source, reply_up: bool, started: float
+    ) -> Reply:
+        with self._events.collecting() as events:
             try:
-                data = json.loads(payload.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise CommandError("bad_json", f"not UTF-8 (byte {exc.start})") from None
-            except RecursionError:
-                raise CommandError("bad_json", f"nested deeper than {MAX_DEPTH} levels") from None
-            except json.JSONDecodeError as exc:
-                raise CommandError("bad_json", f"not JSON: {exc.msg} at {exc.pos}") from None
-        if not isinstance(data, dict):
-            raise CommandError(
-                "bad_command", f"a command is a JSON object, not {type(data).__name__}"
-            )
-        # JSON cannot nest deeper than it has brackets: most commands need no walk.
-        shallow = (
-            not isinstance(payload, Mapping)
-            and payload.count(b"{") + payload.count(b"[") <= MAX_DEPTH
-        )
-        if not shallow and _depth(data) > MAX_DEPTH:
-            raise CommandError("bad_command", f"nested deeper than {MAX_DEPTH} levels")
-        return data
-
-    def _check_signature(self, data: Mapping[str, Any]) -> None:
-        assert self._hmac_key is not None  # noqa: S101 - only called with a key
-        given = data.get("sig")
-        if not isinstance(given, str) or not hmac.compare_digest(given, sign(data, self._hmac_key)):
-            raise CommandError("forbidden", "missing or invalid signature (commands.hmac_key_file)")
-
-    async def _run(self, command: Command, args: BaseModel, source: Source) -> Reply:
-        if command.issued_at is not None and self._clock_synced():
-            issued = command.issued_at
-            if issued.tzinfo is None:
-                raise CommandError("bad_command", "issued_at needs a UTC offset")
-            ttl = command.ttl_s if command.ttl_s is not None else self._default_ttl_s
-            now = datetime.fromtimestamp(self._wall(), UTC)
-            if now > issued + timedelta(seconds=ttl):
-                return Reply(
-                    command.id,
-                    "expired",
-                    None,
-                    "expired",
-                    f"issued at {issued.isoformat()}, valid for {ttl} s",
+                result = await job.work
+            except CommandError as exc:
+                reply = Reply(command.id, "rejected", None, exc.key, str(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a job's bug must still get its one reply
+                _log.error("command.job_crashed", id=command.id, type=command.type, exc_info=exc)
+                reply = Reply(
+                    command.id, "failed", None, "internal", f"{type(exc).__name__}: {exc}"
                 )
-        if not await self._seen.claim(command.id, self._wall()):
-            return Reply(command.id, "duplicate", None, "duplicate", "this id was already run")
+            else:
+                reply = Reply(command.id, "done", result)
+        await self._store(reply, command.type, source, reply_up, started, events)
+        return reply
+
+    def _lane(self, name: str | None) -> asyncio.Lock | None:
+        if name is None:
+            return None
+        lane = self._lanes.get(name)
+        if lane is None:
+            if len(self._lanes) > 256:  # relay names come from config; keep it bounded
+                self._lanes = {k: v for k, v in self._lanes.items() if v.locked()}
+            lane = self._lanes[name] = asyncio.Lock()
+        return lane
+
+    async def _run(
+        self, command: Command, args: BaseModel, source: Source
+    ) -> tuple[Reply, LongJob | None]:
         handler = self._handlers.get(command.type)
         if handler is None:
-            return Reply(
-                command.id,
-                "failed",
+            return (
+                Reply(
+                    command.id,
+                    "failed",
+                    None,
+                    "not_available",
+                    f"{command.type} is not available on this gateway yet",
+                ),
                 None,
-                "not_available",
-                f"{command.type} is not available on this gateway yet",
             )
         try:
             result = await handler(args, source)
         except CommandError as exc:
-            return Reply(command.id, "rejected", None, exc.key, str(exc))
+            return Reply(command.id, "rejected", None, exc.key, str(exc)), None
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # a handler bug must still get its one reply
             _log.error("command.handler_crashed", id=command.id, type=command.type, exc_info=exc)
-            return Reply(command.id, "failed", None, "internal", f"{type(exc).__name__}: {exc}")
-        return Reply(command.id, "done", result)
+            return Reply(
+                command.id, "failed", None, "internal", f"{type(exc).__name__}: {exc}"
+            ), None
+        if isinstance(result, LongJob):
+            return Reply(command.id, "accepted", result.accepted), result
+        return Reply(command.id, "done", result), None
 
-    async def _log(
-        self, reply: Reply, command_type: str | None, source: Source, took: float
+    # -- the one way out ----------------------------------------------------------------
+
+    def _answer_now(
+        self,
+        reply: Reply,
+        command_type: str | None,
+        source: Source,
+        reply_up: bool,
+        started: float,
+    ) -> asyncio.Future[Reply]:
+        stored = self._store(reply, command_type, source, reply_up, started, [])
+        return asyncio.ensure_future(_after(stored, reply))
+
+    def _store(  # noqa: PLR0917 - one command's facts, in the order they are known
+        self,
+        reply: Reply,
+        command_type: str | None,
+        source: Source,
+        reply_up: bool,
+        started: float,
+        events: list[dict[str, Any]],
+    ) -> Awaitable[None]:
+        """Queue the command's event, its handler's events and (``reply_up``) its reply
+        for one commit, at once; the returned awaitable ends once they are stored."""
+        event = self._event(reply, command_type, source, time.monotonic() - started)
+        records: list[tuple[Stream, dict[str, Any]]] = [("events", event)]
+        records += [("events", e) for e in events]
+        if reply_up:
+            records.append(("replies", reply.as_dict()))
+        try:
+            commit = self._outbox.append_now(records)
+        except (RuntimeError, ValueError) as exc:  # closed, or a record too large
+            _log.error("command.not_stored", id=reply.id, error=str(exc))
+            return _done()
+        return self._stored(commit, reply, reply_up, [event, *events])
+
+    async def _stored(
+        self,
+        commit: Awaitable[list[int]],
+        reply: Reply,
+        reply_up: bool,
+        events: list[dict[str, Any]],
     ) -> None:
-        event = {
+        try:
+            seqs = await commit
+        except OSError as exc:
+            # What the handler did stands (a relay that switched did switch); only the
+            # record of it is missing. The caller still gets the true reply.
+            _log.error("command.not_stored", id=reply.id, status=reply.status, error=str(exc))
+            return
+        if reply_up and reply.id is not None and reply.status != "accepted":
+            self._journal.answered(reply.id)
+        for event, seq in zip(events, seqs, strict=False):
+            self._events.stored(event, seq)
+
+    def _event(
+        self, reply: Reply, command_type: str | None, source: Source, took: float
+    ) -> dict[str, Any]:
+        event: dict[str, Any] = {
             "type": "command",
             "id": reply.id,
             "command": command_type,
@@ -487,16 +774,56 @@ class Dispatcher:
         self.counts[key] = self.counts.get(key, 0) + 1
         if is_enabled(_COMPONENT, logging.INFO):
             _log.info("command.handled", **event)
-        # The event and the reply in one commit, without the group-commit window: the
-        # commune waits for the reply, and two commits would cost it two fsyncs.
-        records: list[tuple[Stream, dict[str, Any]]] = [("events", event)]
-        if source == "mqtt":
-            body = reply.as_dict()
-            if self._on_mqtt_reply is not None:
-                # The link claims it now and publishes it once stored (Link.expect_reply).
-                self._on_mqtt_reply(body)
-            records.append(("replies", body))
-        await self._record(records)
+        return event
+
+
+class Redelivered(GatewayError):  # noqa: N818 - a signal, not a failure
+    """:meth:`Dispatcher.submit` saw the same command again (same id, same bytes) while
+    it was claimed durably: acknowledge it to the sender, answer nothing more."""
+
+    def __init__(self, command_id: str) -> None:
+        super().__init__(f"command {command_id} delivered again")
+        self.command_id = command_id
+
+
+async def _after(stored: Awaitable[None], reply: Reply) -> Reply:
+    await stored
+    return reply
+
+
+async def _done() -> None:
+    return None
+
+
+def command_id_of(data: Mapping[str, Any]) -> str | None:
+    """The command's id if it is a valid one (a refusal is answered with it), else None."""
+    raw = data.get("id")
+    return raw if isinstance(raw, str) and _ID.fullmatch(raw) else None
+
+
+def decode(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    """A command's JSON object from its bytes, or a CommandError (too_large, bad_json,
+    bad_command) carrying its id when one could be read."""
+    if len(payload) > max_bytes:
+        raise CommandError(
+            "too_large", f"{len(payload)} bytes; at most {max_bytes} (commands.max_bytes)"
+        )
+    try:
+        data: object = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CommandError("bad_json", f"not UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise CommandError("bad_json", f"nested deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise CommandError("bad_json", f"not JSON: {exc.msg} at {exc.pos}") from None
+    if not isinstance(data, dict):
+        raise CommandError("bad_command", f"a command is a JSON object, not {type(data).__name__}")
+    # JSON cannot nest deeper than it has brackets: most commands need no walk.
+    if payload.count(b"{") + payload.count(b"[") > MAX_DEPTH and _depth(data) > MAX_DEPTH:
+        raise CommandError(
+            "bad_command", f"nested deeper than {MAX_DEPTH} levels", command_id=command_id_of(data)
+        )
+    return data
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 __all__ = ["Backoff", "Component", "EventSink", "Health", "supervise"]
 
 Clock = Callable[[], float]
-EventSink = Callable[[dict[str, Any]], Awaitable[None]]
-"""Where a component sends its events (the App appends them to the outbox)."""
+EventSink = Callable[[dict[str, Any]], None]
+"""Where a component sends its events: :meth:`gateway.events.EventHub.emit`. Synchronous
+on purpose: a component never waits for storage (the hub queues, the outbox commits off
+the event loop), so a relay switch is not held up by a disk."""
 State = Literal["starting", "running", "backoff", "stopped"]
 
 

@@ -24,6 +24,7 @@ from gateway.commands import (
     ScheduleSetArgs,
     Source,
 )
+from gateway.component import EventSink
 from gateway.config import BroadcastSchedule, Settings
 from gateway.relays import RelayBank, RelayError
 from gateway.schedules import ScheduleError, Scheduler
@@ -43,7 +44,7 @@ class Control:
         settings: Settings,
         *,
         state: StateStore,
-        on_event: Callable[[dict[str, Any]], Awaitable[None]],
+        on_event: EventSink,
         demo: bool,
     ) -> None:
         self._dispatch: Dispatch | None = None

@@ -1,24 +1,38 @@
-"""Downlink: what to do with a message on a command topic before the Dispatcher sees it.
-
-Two rules the Dispatcher cannot know about, because they concern MQTT itself:
+"""Downlink: the MQTT adapter of the command path, everything about a command that is
+particular to MQTT, settled before the Dispatcher sees it.
 
 - A *retained* command is ignored and logged: it would be delivered again at every
   reconnect and switch the relay each time.
 - A group command for a group this gateway is not in is ignored (it can arrive through
   a wide subscription or a misconfigured bridge); the commune gets no reply from us.
-
-Each accepted command is dispatched in a task of its own, so the link reads the next
-message while the last one's event and reply are being stored; the Dispatcher still runs
-commands one at a time, in order. At most ``MAX_PENDING`` are in flight: beyond that the
-link stops reading (and the broker holds the rest).
+- **Admission.** With ``commands.hmac_key_file`` set, the signature is checked first,
+  before anything costs a token, and a signed command must carry ``issued_at`` (without
+  it a captured command could be replayed once its id is forgotten). Rate limits are
+  kept per kind of sender: signed commands, unsigned ones, and payloads that are not
+  even a command each have a bucket of their own, so a flood of junk cannot starve the
+  commune's signed commands. A refusal is stored within the group-commit window, not
+  with an fsync each, and past its bucket a refusal is only counted.
+- **Durable in.** :meth:`Downlink.__call__` returns once the Dispatcher has claimed the
+  command durably (its id and bytes in the journal); only then does the link send the
+  PUBACK. A crash before leaves the message with the broker, which delivers it again.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable
+import hmac
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-from gateway.commands import Dispatcher
+from gateway.commands import (
+    CommandError,
+    Dispatcher,
+    Redelivered,
+    TokenBucket,
+    command_id_of,
+    decode,
+    sign,
+)
 from gateway.log import get_logger
 from gateway.mqtt import Topics
 
@@ -26,22 +40,41 @@ __all__ = ["Downlink"]
 
 _log = get_logger("downlink")
 
-MAX_PENDING = 32
-"""Commands dispatched but not yet stored, before the link waits."""
+_FLOOD_REPORT_S = 10.0
+"""At most one log line this often about refusals dropped past their bucket."""
 
 
 class Downlink:
-    """The link's command handler: filters, then dispatches with source ``mqtt``."""
+    """The link's command handler: filters, admits, then submits with source ``mqtt``."""
 
-    def __init__(self, dispatcher: Dispatcher, topics: Topics, groups: Iterable[str]) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        topics: Topics,
+        groups: Iterable[str],
+        *,
+        hmac_key: bytes | None = None,
+        rate_per_s: float = 20.0,
+        burst: float = 100.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._dispatcher = dispatcher
         self._own = topics.cmd
         self._groups = {topics.group_cmd(group) for group in groups}
-        self._slots = asyncio.Semaphore(MAX_PENDING)
-        self._pending: set[asyncio.Task[None]] = set()
+        self._key = hmac_key
+        self._buckets = {
+            kind: TokenBucket(rate_per_s, burst, clock) for kind in ("signed", "unsigned", "junk")
+        }
+        self._clock = clock
+        self.dropped = 0
+        """Refusals not answered because their sender was past its rate limit."""
+        self._reported_at = -_FLOOD_REPORT_S
+        self._unreported = 0
 
-    async def __call__(self, topic: str, payload: bytes, retained: bool) -> None:
-        """Handle one message from ``P/ID/cmd`` or ``P/group/G/cmd``."""
+    def __call__(self, topic: str, payload: bytes, retained: bool) -> None:
+        """Handle one message from ``P/ID/cmd`` or ``P/group/G/cmd``; returns once the
+        link may acknowledge it. Raises if it could not be claimed (the link then does
+        not acknowledge it, and the broker keeps it)."""
         if topic != self._own and topic not in self._groups:
             _log.info("command.foreign_topic_ignored", topic=topic)
             return
@@ -54,13 +87,61 @@ class Downlink:
                 "commands without the retain flag",
             )
             return
-        await self._slots.acquire()
-        task = asyncio.create_task(self._dispatch(payload), name="command")
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _dispatch(self, payload: bytes) -> None:
         try:
-            await self._dispatcher.dispatch(payload, "mqtt")
-        finally:
-            self._slots.release()
+            data = decode(payload, self._dispatcher.max_bytes)
+        except CommandError as exc:
+            self._refuse(exc, "junk")
+            return
+        kind = "unsigned"
+        if self._key is not None:
+            problem = self._signature_problem(data)
+            if problem is not None:
+                self._refuse(problem, "junk")
+                return
+            kind = "signed"
+        if not self._buckets[kind].allow():
+            refusal = CommandError(
+                "rate_limited",
+                f"more than the allowed {kind} commands per second (commands.rate_per_s)",
+                command_id=command_id_of(data),
+            )
+            self._refuse(refusal, "junk")
+            return
+        try:
+            self._dispatcher.submit(payload, "mqtt", reply_up=True, durable=True)
+        except Redelivered as again:
+            _log.info("command.redelivered", id=again.command_id)
+
+    def _signature_problem(self, data: Mapping[str, Any]) -> CommandError | None:
+        assert self._key is not None  # noqa: S101 - only called with a key
+        given = data.get("sig")
+        command_id = command_id_of(data)
+        if not isinstance(given, str) or not hmac.compare_digest(given, sign(data, self._key)):
+            return CommandError(
+                "forbidden",
+                "missing or invalid signature (commands.hmac_key_file)",
+                command_id=command_id,
+            )
+        if data.get("issued_at") is None:
+            return CommandError(
+                "bad_command",
+                "a signed command needs issued_at (so that it cannot be replayed later)",
+                command_id=command_id,
+            )
+        return None
+
+    def _refuse(self, error: CommandError, kind: str) -> None:
+        if self._buckets[kind].allow():
+            self._dispatcher.refuse(error, "mqtt", reply_up=True)
+            return
+        self.dropped += 1
+        self._unreported += 1
+        now = self._clock()
+        if now - self._reported_at >= _FLOOD_REPORT_S:
+            _log.warning(
+                "command.flood_dropped",
+                count=self._unreported,
+                last_error=error.key,
+                note="refusals past the rate limit are counted, not answered",
+            )
+            self._reported_at, self._unreported = now, 0

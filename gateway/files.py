@@ -8,9 +8,11 @@ so the rename is on the card too.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+__all__ = ["LatestWriter", "write_atomic"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -27,3 +29,65 @@ def write_atomic(path: Path, text: str) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+class LatestWriter:
+    """Writes the latest text given to one file, atomically, in a thread of its own.
+
+    For state that changes on the event loop (the relay bank's state file): a write is
+    two fsyncs, 30 ms or more on an SD card, and the loop must not wait for them. Texts
+    given while a write runs are coalesced: only the newest is written next, which is all
+    a state file needs. A failed write is reported through ``on_error`` (logged by the
+    owner), never raised into the caller: the relay did switch whether or not the card
+    took the file. :meth:`close` writes what is still waiting and stops the thread.
+    """
+
+    def __init__(self, path: Path, *, on_error: Callable[[OSError], None]) -> None:
+        self.path = path
+        self._on_error = on_error
+        self._changed = threading.Condition()
+        self._waiting: str | None = None
+        self._stopping = False
+        self._busy = False
+        self.writes = 0
+        self._thread = threading.Thread(target=self._run, name=f"write-{path.name}", daemon=True)
+        self._thread.start()
+
+    def write(self, text: str) -> None:
+        """Have ``text`` written soon; returns at once."""
+        with self._changed:
+            self._waiting = text
+            self._changed.notify()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Block until everything given so far is written; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self._waiting is None and not self._busy, timeout_s
+            )
+
+    def close(self) -> None:
+        """Write what waits, then stop the thread."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        self._thread.join(timeout=10.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._waiting is not None or self._stopping)
+                text, self._waiting = self._waiting, None
+                if text is None and self._stopping:
+                    return
+                self._busy = True
+            try:
+                if text is not None:
+                    write_atomic(self.path, text)
+                    self.writes += 1
+            except OSError as exc:
+                self._on_error(exc)
+            finally:
+                with self._changed:
+                    self._busy = False
+                    self._changed.notify_all()

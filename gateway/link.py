@@ -15,11 +15,10 @@ again: the server may then see a ``seq`` twice, never a gap.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,16 +31,23 @@ from gateway.component import Component, Health
 from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.log import get_logger
-from gateway.mqtt import Topics, describe_error, make_client
-from gateway.outbox import DELIVERY_ORDER, Batch, Outbox, Stream, encode_record
+from gateway.mqtt import Topics, acknowledge, describe_error, make_client
+from gateway.outbox import DELIVERY_ORDER, Batch, Outbox, Stream
 from gateway.state import StateStore
 
 __all__ = ["CommandHandler", "Link", "LinkStats", "TokenBucket", "full_jitter"]
 
 _log = get_logger("link")
 
-CommandHandler = Callable[[str, bytes, bool], Awaitable[None]]
-"""Called with (topic, payload, retained) for each message on a command topic."""
+CommandHandler = Callable[[str, bytes, bool], None]
+"""Called with (topic, payload, retained) for each message on a command topic; returns
+once the command is claimed durably (then the link sends its PUBACK), raises if it could
+not be (no PUBACK: the broker keeps the message and delivers it again)."""
+
+RECEIVE_MAXIMUM = 32
+"""Commands the broker may have on their way to us unacknowledged (MQTT 5 Receive
+Maximum): with PUBACKs sent only once a command is claimed, this bounds what a burst can
+hold in memory; the rest waits at the broker."""
 
 MAX_INFLIGHT = 8
 BATCH_MAX_RECORDS = 500
@@ -122,12 +128,6 @@ def full_jitter(failures: int, *, cap_s: float, rng: random.Random) -> float:
 BATCH_LINGER_S = 0.05
 """After an idle spell, how long events, telemetry and logs wait to gather a batch."""
 
-_FROM_MEMORY_WAIT_S = 5.0
-"""How long the reply loop waits for a reply's publish from memory before sending it."""
-
-_CLAIMED_MAX = 1000
-"""Replies published from memory that the reply loop has not passed yet (a bound)."""
-
 
 def _raise_if_cancelled() -> None:
     """Honour a cancellation that a publish swallowed.
@@ -172,107 +172,9 @@ class Link(Component):
         self.stats = LinkStats()
         self._sent_upto: dict[Stream, int] = dict.fromkeys(DELIVERY_ORDER, 0)
         self._client: aiomqtt.Client | None = None
-        self._claimed: dict[str, asyncio.Future[bool]] = {}
-        """Replies (by id) about to be stored, to be published from memory once stored."""
-        self._from_memory: dict[int, asyncio.Future[bool]] = {}
-        """Stored replies (by seq) published from memory: the reply loop skips reading them."""
-        self._replies_known = outbox.stats().last_seq.get("replies", 0)
-        """Every stored reply up to this seq has been through :meth:`reply_stored` (or was
-        stored before this process started): the reply loop sends nothing past it."""
-        self._replies_seen = asyncio.Event()
-
-    def expect_reply(self, reply_id: object) -> None:
-        """A reply with this id is about to be stored; it will be published from memory.
-
-        The commune waits for each reply, and reading it back from the outbox (a wake-up
-        of the reply loop and a hop to the reader thread) was most of a command's round
-        trip. So the link claims the reply before it is stored; :meth:`reply_stored`
-        publishes it the moment its commit returns, and the reply loop, should it read
-        the stored copy first, waits for that publish instead of sending it twice. A
-        reply is still never published before it is stored (ARCHITECTURE.md:
-        acknowledged means stored).
-        """
-        if (
-            self._client is None
-            or not isinstance(reply_id, str)
-            or reply_id in self._claimed
-            or len(self._claimed) >= _CLAIMED_MAX
-        ):
-            return
-        self._claimed[reply_id] = asyncio.get_running_loop().create_future()
-
-    async def reply_stored(self, reply: dict[str, Any], seq: int) -> None:
-        """The outbox committed ``reply`` as ``seq``: publish it now if it was claimed.
-
-        Returns once the broker has it, or the publish failed (the reply loop then sends
-        the stored copy). The bookkeeping and the publish itself happen before the first
-        wait, in the caller's turn of the event loop: a task of its own would start a
-        turn later, behind whatever the commit woke.
-        """
-        self._replies_known = max(self._replies_known, seq)
-        self._replies_seen.set()
-        reply_id = reply.get("id")
-        sent = self._claimed.pop(reply_id, None) if isinstance(reply_id, str) else None
-        client = self._client
-        if sent is None:
-            return
-        if client is None:
-            sent.set_result(False)
-            return
-        if len(self._from_memory) >= _CLAIMED_MAX:
-            self._from_memory.clear()  # stale entries only; the loop then reads and sends
-        self._from_memory[seq] = sent
-        body = encode_record({"seq": seq, **reply}).encode()
-        await self._publish_stored(client, body, sent, seq)
-
-    async def _publish_stored(
-        self, client: aiomqtt.Client, body: bytes, sent: asyncio.Future[bool], seq: int
-    ) -> None:
-        """Publish a stored reply from memory; once the broker has it, it is acknowledged
-        here, so the reply loop has nothing left to do for it but move its cursor."""
-        try:
-            await client.publish(self.topics.reply, body, qos=1, timeout=30)
-        except (aiomqtt.MqttError, TimeoutError) as exc:
-            _log.info("link.reply_not_sent", reason=describe_error(exc), then="from the outbox")
-            sent.set_result(False)
-        except BaseException:
-            sent.set_result(False)
-            raise
-        else:
-            sent.set_result(True)
-            self._sent_upto["replies"] = max(self._sent_upto["replies"], seq)
-            self._acknowledge(Batch("replies", seq, seq, ()))
-
-    def _skip_published_from_memory(self, cursor: dict[Stream, int]) -> None:
-        """Move the cursor over the stored replies that :meth:`reply_stored` has
-        published (and acknowledged); stop at one still on its way or that failed."""
-        while (seq := cursor["replies"] + 1) in self._from_memory:
-            sent = self._from_memory[seq]
-            if not sent.done() or not sent.result():
-                return  # on its way, or failed: then the copy is read and sent as usual
-            del self._from_memory[seq]
-            cursor["replies"] = seq
-
-    def _replies_on_their_way(self, cursor: dict[Stream, int]) -> bool:
-        """True if every stored reply past the cursor is being published from memory:
-        nothing for the reply loop to read until one of them fails (the loop's one-second
-        look catches that) or another reply is stored."""
-        last = self._outbox.last_seq("replies")
-        return all(
-            (sent := self._from_memory.get(seq)) is not None and not sent.done()
-            for seq in range(cursor["replies"] + 1, last + 1)
-        )
-
-    async def _published_from_memory(self, seq: int) -> bool:
-        """True once the stored reply ``seq`` went out through :meth:`reply_stored`."""
-        sent = self._from_memory.pop(seq, None)
-        if sent is None:
-            return False
-        try:
-            async with asyncio.timeout(_FROM_MEMORY_WAIT_S):
-                return await asyncio.shield(sent)
-        except TimeoutError:
-            return False
+        # Room for the largest command the Dispatcher answers (too_large included) and
+        # its topic; the broker drops anything bigger instead of sending it to us.
+        self._max_packet_bytes = 2 * settings.commands.max_bytes + 4096
 
     def _acknowledge(self, batch: Batch) -> None:
         """The broker has ``batch``: let the outbox mark it delivered, and count it."""
@@ -338,6 +240,9 @@ class Link(Component):
             identifier=f"vg-{self._settings.gateway.id}",
             will=self._will(),
             persistent_session=True,
+            manual_ack=True,
+            receive_maximum=RECEIVE_MAXIMUM,
+            max_packet_bytes=self._max_packet_bytes,
         )
         async with client:
             self._client = client
@@ -386,6 +291,13 @@ class Link(Component):
             _log.info("link.offline_not_sent", reason=describe_error(exc))
 
     async def _receive(self, client: aiomqtt.Client) -> None:
+        """Hand each command to the handler, and acknowledge it once it is claimed.
+
+        paho would acknowledge a QoS 1 message as soon as aiomqtt queued it, before our
+        code has even seen it; the client is made with manual acknowledgements instead
+        (:func:`gateway.mqtt.make_client`), and the PUBACK leaves here. A message whose
+        claim failed is not acknowledged: the broker delivers it again after a reconnect.
+        """
         async for message in client.messages:
             payload = message.payload
             raw = payload if isinstance(payload, bytes) else str(payload).encode()
@@ -393,8 +305,18 @@ class Link(Component):
                 _log.info(
                     "link.command_ignored", topic=message.topic.value, note="no command handler yet"
                 )
-                continue
-            await self._on_command(message.topic.value, raw, message.retain)
+            else:
+                try:
+                    self._on_command(message.topic.value, raw, message.retain)
+                except Exception as exc:
+                    _log.error(
+                        "link.command_not_claimed",
+                        topic=message.topic.value,
+                        error=f"{type(exc).__name__}: {exc}",
+                        note="not acknowledged: the broker delivers it again after a reconnect",
+                    )
+                    continue
+            acknowledge(client, message)
 
     async def _publish_state(self, client: aiomqtt.Client) -> None:
         """Republish every snapshot after connecting, then each change."""
@@ -450,29 +372,7 @@ class Link(Component):
         while True:
             _raise_if_cancelled()
             version = self._outbox.version
-            if bucket is None:
-                # Replies: most go out from memory (reply_stored), so most wake-ups here
-                # only move the cursor; reading starts at the first one that did not.
-                self._skip_published_from_memory(cursor)
-                if self._replies_on_their_way(cursor):
-                    await self._outbox.wait_for_records(version, 1.0)
-                    continue
             batch = await self._next_batch(streams, cursor)
-            if (
-                batch is not None
-                and batch.stream == "replies"
-                and batch.first_seq > self._replies_known
-                and self._claimed
-            ):
-                # Committed a moment ago while a claimed reply is on its way to
-                # reply_stored, which decides whether it goes out from memory: ask again
-                # after that, instead of sending it a second time.
-                self._replies_seen.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_FROM_MEMORY_WAIT_S):
-                        await self._replies_seen.wait()
-                self._replies_known = max(self._replies_known, batch.first_seq)
-                continue
             if batch is None:
                 await self._outbox.wait_for_records(version, 1.0)
                 if bucket is not None and self._outbox.version != version:
@@ -511,8 +411,6 @@ class Link(Component):
     ) -> None:
         try:
             if batch.stream == "replies":
-                if await self._published_from_memory(batch.first_seq):
-                    return  # reply_stored acknowledged it
                 topic, payload = self.topics.reply, batch.bodies[0].encode()
             else:
                 topic = getattr(self.topics, batch.stream)

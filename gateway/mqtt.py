@@ -34,6 +34,7 @@ from gateway.errors import ConfigError, ConfigProblem
 __all__ = [
     "TCP_NODELAY_OPTION",
     "Topics",
+    "acknowledge",
     "add_broker_arguments",
     "describe_error",
     "make_client",
@@ -56,6 +57,9 @@ def make_client(
     identifier: str,
     will: aiomqtt.Will | None = None,
     persistent_session: bool = False,
+    manual_ack: bool = False,
+    receive_maximum: int | None = None,
+    max_packet_bytes: int | None = None,
 ) -> aiomqtt.Client:
     """Build (not connect) the aiomqtt client that ``mqtt`` describes.
 
@@ -86,16 +90,45 @@ def make_client(
         socket_options=[TCP_NODELAY_OPTION],
     )
     if mqtt.protocol == "3.1.1":
-        return client(protocol=aiomqtt.ProtocolVersion.V311, clean_session=not persistent_session)
-    properties = None
-    if persistent_session:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = mqtt.session_expiry_s
-    return client(
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=not persistent_session,
-        properties=properties,
-    )
+        # No Receive Maximum in 3.1.1: the broker's own in-flight limit (mosquitto's
+        # max_inflight_messages, 20 by default) bounds what waits for our PUBACKs.
+        made = client(
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=not persistent_session,
+            max_queued_incoming_messages=_QUEUE_BOUND if manual_ack else None,
+        )
+    else:
+        properties: Properties | None = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        assert properties is not None  # noqa: S101 - just made
+        if persistent_session:
+            properties.SessionExpiryInterval = mqtt.session_expiry_s
+        if receive_maximum is not None:
+            properties.ReceiveMaximum = receive_maximum
+        if max_packet_bytes is not None:
+            properties.MaximumPacketSize = max_packet_bytes
+        if not (persistent_session or receive_maximum or max_packet_bytes):
+            properties = None
+        made = client(
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=not persistent_session,
+            properties=properties,
+            max_queued_incoming_messages=_QUEUE_BOUND if manual_ack else None,
+        )
+    if manual_ack:
+        # aiomqtt has no API for this yet (its issue #345); paho 2 has, on the client
+        # aiomqtt wraps. docs/architecture.md says why we reach past aiomqtt here.
+        made._client.manual_ack_set(True)
+    return made
+
+
+_QUEUE_BOUND = 1000
+"""aiomqtt's queue of received messages, with manual acknowledgements: far above what
+the broker sends unacknowledged, so it never discards one; a bound all the same."""
+
+
+def acknowledge(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    """Send the PUBACK of ``message`` now (a client made with ``manual_ack``)."""
+    client._client.ack(message.mid, message.qos)
 
 
 def _read_file(key: str, path: Path, problems: list[ConfigProblem]) -> bytes | None:

@@ -22,10 +22,14 @@ Why it looks like this:
   second connection in a second thread, and see only committed records: a record is
   never published before it is durable, so a crash can never make a ``seq`` mean two
   things.
-- **A command's records are committed on the event loop** when the writer is idle
-  (:meth:`Outbox.append_now`): the commune waits for the reply, and the two thread hops
-  cost more than the fsync. A lock keeps the two committers apart, and whoever commits
-  takes the oldest waiting records first, so the order holds.
+- **The event loop never waits for a disk.** Every commit is the writer thread's; a
+  command's records (:meth:`Outbox.append_now`) end the group-commit window at once. On
+  an SD card whose fsync takes 15-50 ms the web UI, the PA player and the probes keep
+  running meanwhile. (An earlier design committed commands on the loop to save the
+  thread hop; a slow card then stalled everything.)
+- **Fresh records are read from memory.** The writer keeps the newest committed records
+  of each stream (a bounded tail); the uplink reads them from there without a hop to the
+  reader thread, so a reply leaves as soon as its commit returns.
 - **Acknowledgements ride along** on the next commit, whoever makes it.
 """
 
@@ -37,6 +41,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -125,8 +130,6 @@ class OutboxStats:
     epoch: int = 1
     appended: int = 0
     commits: int = 0
-    loop_commits: int = 0
-    """Of ``commits``, those made on the event loop (commands' records)."""
 
     def total_depth(self) -> int:
         """Records waiting, all streams together."""
@@ -141,6 +144,8 @@ class _Append:
     urgent: bool
     waiter: asyncio.Future[int] | None
     """Resolved in the event loop with the record's seq once it is committed."""
+    on_stored: Callable[[int], None] | None = None
+    """Called in the event loop with the record's seq once it is committed."""
 
 
 @dataclass(slots=True)
@@ -155,20 +160,50 @@ class _Flush:
     done: Callable[[], None]
 
 
-LOOP_COMMIT_MAX_S: Final = 0.005
-"""Once commits on the event loop take longer than this on average, they go back to the
-writer thread for ``LOOP_COMMIT_PAUSE_S`` (see :meth:`Outbox.append_now`)."""
-LOOP_COMMIT_PAUSE_S: Final = 60.0
-_LOOP_COMMIT_WEIGHT = 0.2
-"""Weight of the newest commit in the running average: one stray slow fsync on a busy
-machine does not send every commit back to the thread, a slow card soon does."""
-_LOOP_TAKES_MAX_OPS = 500
-_LOOP_TAKES_MAX_BYTES = 64 * 1024
-"""A commit on the loop takes older waiting records along up to this much; beyond, the
-writer commits them, and the command's records after them."""
+_TAIL_RECORDS = 256
+"""Newest committed records kept in memory per stream for the uplink (see _Tail)."""
 
-Assigned = list[tuple[asyncio.Future[int] | None, int]]
-"""Per committed append: its waiter (if any) and its seq, -1 if the commit failed."""
+Assigned = list[tuple[_Append, int]]
+"""Per committed append: the append and its seq, -1 if the commit failed."""
+
+
+class _Tail:
+    """The newest committed records of one stream, in memory: what the uplink reads next
+    is almost always here, and reading it costs no hop to the reader thread.
+
+    Filled by the writer thread right after each COMMIT, read on the event loop, hence
+    the lock. A drop of old records clears it (what it holds may be gone from the file).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: deque[tuple[int, str]] = deque(maxlen=_TAIL_RECORDS)
+
+    def extend(self, rows: list[tuple[int, float, str]]) -> None:
+        with self._lock:
+            self._records.extend((seq, body) for seq, _, body in rows)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+
+    def read(
+        self, after_seq: int, max_records: int, max_bytes: int
+    ) -> list[tuple[int, str]] | None:
+        """Records after ``after_seq`` if the tail holds the very next one, else None."""
+        with self._lock:
+            if not self._records or self._records[0][0] > after_seq + 1:
+                return None
+            taken: list[tuple[int, str]] = []
+            total = 0
+            for seq, body in self._records:
+                if seq <= after_seq:
+                    continue
+                if len(taken) >= max_records or (taken and total + len(body) > max_bytes):
+                    break
+                taken.append((seq, body))
+                total += len(body)
+            return taken
 
 
 class _Pending:
@@ -207,6 +242,16 @@ class _Pending:
             self._urgent = self._urgent or urgent
             if wake or self._full():
                 self._changed.notify()
+
+    def add_many(self, ops: Sequence[_Append]) -> None:
+        """Queue ``ops`` together (one command's records); from any thread."""
+        with self._changed:
+            if not self._ops:
+                self._since = time.monotonic()
+            self._ops.extend(ops)
+            self._bytes += sum(len(op.fields) for op in ops)
+            self._urgent = self._urgent or any(op.urgent for op in ops)
+            self._changed.notify()
 
     def add_ack(self, ack: _Ack) -> None:
         """Keep ``ack`` for the next commit, whoever makes it; wakes nobody."""
@@ -264,18 +309,6 @@ class _Pending:
             self._urgent = any(isinstance(op, _Append) and op.urgent for op in self._ops)
             return ops, self._take_acks()
 
-    def take_all(
-        self, max_ops: int, max_bytes: int
-    ) -> tuple[list[_Append | _Flush], list[_Ack]] | None:
-        """Everything waiting, or None if that is more than ``max_ops`` or ``max_bytes``
-        (a commit on the loop takes older records along only while they are few)."""
-        with self._changed:
-            if len(self._ops) > max_ops or self._bytes > max_bytes:
-                return None
-            ops, self._ops = self._ops, []
-            self._bytes, self._urgent = 0, False
-            return ops, self._take_acks()
-
     def _take_acks(self) -> list[_Ack]:
         acks, self._acks = self._acks, []
         self._acks_due = False
@@ -313,14 +346,10 @@ class Outbox:
         self._clock = clock
         self._pending = _Pending(commit_window_s, self._group_bytes)
         self._ack_timer: asyncio.TimerHandle | None = None
-        self._conn_lock = threading.Lock()
-        """Held by whoever uses the write connection: the writer, or a commit on the loop."""
         self._write_conn: sqlite3.Connection | None = None
-        self._loop_commit_paused_until = 0.0
-        self._loop_commit_s = 0.0
-        """Running average of the time a commit on the event loop takes."""
-        self.loop_commits = 0
-        """Commits made on the event loop (the rest are the writer thread's)."""
+        self._tails: dict[Stream, _Tail] = {name: _Tail() for name in STREAMS}
+        self._inserted: dict[Stream, list[tuple[int, float, str]]] = {}
+        """The rows of the transaction being committed (writer thread only)."""
         self._writer: threading.Thread | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read")
         self._read_conn: sqlite3.Connection | None = None
@@ -481,44 +510,40 @@ class Outbox:
         self._pending.add(self._encode(stream, record, urgent=urgent, waiter=future))
         return await future
 
-    async def append_now(self, records: Sequence[tuple[Stream, dict[str, Any]]]) -> list[int]:
-        """Store ``records`` in one transaction, at once; returns their seqs when committed.
+    def append_now(
+        self, records: Sequence[tuple[Stream, dict[str, Any]]]
+    ) -> asyncio.Future[list[int]]:
+        """Store ``records`` in one transaction, at once; the future gives their seqs
+        once committed.
 
-        For a command's event and reply: the commune waits for the reply, so no
-        group-commit window. While the writer thread is not committing and commits are
-        quick, the commit is made right here on the event loop, taking older waiting
-        records along. That saves the hop to the writer thread and back (about 0.35 ms
-        inside the daemon on these machines, more than the fsync), and blocks the loop
-        for one fsync. Once such commits take longer than ``LOOP_COMMIT_MAX_S`` on
-        average (a slow SD card), they go through the writer thread again for
-        ``LOOP_COMMIT_PAUSE_S``.
+        For a command's events and reply: the commune waits for the reply, so no
+        group-commit window. The records are queued before this returns (so calls keep
+        their order); the writer thread commits (the event loop never waits for the
+        disk), older waiting records first. Raises ValueError for a record too large and
+        RuntimeError once closed.
         """
-        if not records:
-            return []
+        loop = asyncio.get_running_loop()
         last = len(records) - 1
         ops = [
-            self._encode(stream, record, urgent=n == last, waiter=None)
+            self._encode(stream, record, urgent=n == last, waiter=loop.create_future())
             for n, (stream, record) in enumerate(records)
         ]
-        assigned = self._commit_here(ops)
-        if assigned is not None:
-            seqs = [seq for _, seq in assigned]
-            if any(seq < 0 for seq in seqs):
-                raise OSError("the outbox could not commit the records")
-            return seqs
-        loop = asyncio.get_running_loop()
-        waiters: list[asyncio.Future[int]] = []
-        for op in ops:
-            op.waiter = loop.create_future()
-            waiters.append(op.waiter)
-            self._pending.add(op)
-        return list(await asyncio.gather(*waiters))
+        self._pending.add_many(ops)
+        return asyncio.gather(*(op.waiter for op in ops if op.waiter is not None))
 
     def append_nowait(
-        self, stream: Stream, record: dict[str, Any], *, urgent: bool = False
+        self,
+        stream: Stream,
+        record: dict[str, Any],
+        *,
+        urgent: bool = False,
+        on_stored: Callable[[int], None] | None = None,
     ) -> None:
-        """Queue ``record`` from any thread; committed within the window. For logs."""
-        self._pending.add(self._encode(stream, record, urgent=urgent, waiter=None))
+        """Queue ``record`` from any thread; committed within the window. For logs and
+        events. ``on_stored`` is called in the event loop with the seq once committed."""
+        op = self._encode(stream, record, urgent=urgent, waiter=None)
+        op.on_stored = on_stored
+        self._pending.add(op)
 
     def _encode(
         self,
@@ -542,61 +567,19 @@ class Outbox:
             )
         return _Append(stream, fields, urgent, waiter)
 
-    def _commit_here(self, ops: list[_Append]) -> Assigned | None:
-        """Commit ``ops`` on the calling thread if that is safe and quick; None if not.
-
-        Safe: the writer is not using the connection, and what still waits for a commit
-        (older, so numbered first) is little enough to take along. Quick: commits made
-        here take at most ``LOOP_COMMIT_MAX_S`` on average, or the pause that followed a
-        slow spell is over.
-        """
-        conn = self._write_conn
-        if conn is None or time.monotonic() < self._loop_commit_paused_until:
-            return None
-        if not self._conn_lock.acquire(blocking=False):
-            return None
-        try:
-            taken = self._pending.take_all(_LOOP_TAKES_MAX_OPS, _LOOP_TAKES_MAX_BYTES)
-            if taken is None:
-                return None
-            older, acks = taken
-            started = time.monotonic()
-            assigned = self._commit(conn, [*older, *ops], acks)
-            took = time.monotonic() - started
-        finally:
-            self._conn_lock.release()
-        if all(seq >= 0 for _, seq in assigned):  # a failed commit is no commit
-            self.loop_commits += 1
-        self._loop_commit_s += (took - self._loop_commit_s) * _LOOP_COMMIT_WEIGHT
-        if self._loop_commit_s > LOOP_COMMIT_MAX_S:
-            _log.info(
-                "outbox.slow_commits",
-                average_ms=round(self._loop_commit_s * 1000, 1),
-                note=f"commits go through the writer thread for {LOOP_COMMIT_PAUSE_S:g} s",
-            )
-            self._loop_commit_paused_until = started + took + LOOP_COMMIT_PAUSE_S
-            self._loop_commit_s = 0.0  # measured afresh after the pause
-        # Readers are woken two turns later: the caller's reply to the commune should
-        # reach the socket first, and aiomqtt writes a publish on the second turn after
-        # the call (it schedules its add_writer, whose callback then writes).
-        loop = asyncio.get_running_loop()
-        loop.call_soon(loop.call_soon, self._committed, assigned)
-        return assigned[-len(ops) :]
-
     # -- the writer thread ------------------------------------------------------------
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         try:
             while True:
                 self._pending.wait_until_due()
-                with self._conn_lock:
-                    ops, acks = self._pending.take()
-                    if ops or acks:
-                        self._notify(self._commit(conn, ops, acks))
+                ops, acks = self._pending.take()
+                if ops or acks:
+                    self._notify(self._commit(conn, ops, acks))
                 if self._pending.stopping and self._pending.empty():
                     break
         finally:
-            with self._conn_lock, contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.close()
 
@@ -655,6 +638,11 @@ class Outbox:
                 ],
             )
             conn.execute("COMMIT")
+            for stream, stream_rows in self._inserted.items():
+                if stream in dropped:
+                    self._tails[stream].clear()
+                elif stream_rows:
+                    self._tails[stream].extend(stream_rows)
         except sqlite3.Error as exc:
             # SQLite may have rolled back already (disk full, I/O error): a second
             # ROLLBACK would raise and take the writer thread down with it.
@@ -689,7 +677,7 @@ class Outbox:
                 note="appends fail until the next successful commit",
             )
         # Nobody may wait forever on a record that was not stored.
-        return [(op.waiter, -1) for op in ops if isinstance(op, _Append)]
+        return [(op, -1) for op in ops if isinstance(op, _Append)]
 
     def _insert(
         self,
@@ -710,13 +698,14 @@ class Outbox:
             rows[op.stream].append((seq, now, body))
             depth[op.stream] += 1
             size[op.stream] += len(body)
-            assigned.append((op.waiter, seq))
+            assigned.append((op, seq))
         for stream, stream_rows in rows.items():
             if stream_rows:
                 conn.executemany(
                     f"INSERT INTO {_TABLE[stream]} (seq, created, body) VALUES (?, ?, ?)",  # noqa: S608
                     stream_rows,
                 )
+        self._inserted = rows
         return assigned
 
     def _advance(
@@ -850,8 +839,11 @@ class Outbox:
         """In the event loop, after a commit: resolve the appends' waiters (a seq below
         zero means the commit failed) and wake the readers if records were added."""
         added = False
-        for future, seq in assigned:
+        for op, seq in assigned:
             added = added or seq >= 0
+            if op.on_stored is not None and seq >= 0:
+                op.on_stored(seq)
+            future = op.waiter
             if future is None or future.done():
                 continue
             if seq < 0:
@@ -887,7 +879,15 @@ class Outbox:
     async def read(
         self, stream: Stream, *, after_seq: int, max_records: int, max_bytes: int
     ) -> Batch | None:
-        """The next committed records of ``stream`` after ``after_seq``, in seq order."""
+        """The next committed records of ``stream`` after ``after_seq``, in seq order.
+
+        From the in-memory tail when it holds the next record (no thread hop), else
+        from the file in the reader thread.
+        """
+        after_seq = max(after_seq, self._delivered[stream])
+        fresh = self._tails[stream].read(after_seq, max_records, max_bytes)
+        if fresh:
+            return Batch(stream, fresh[0][0], fresh[-1][0], tuple(body for _, body in fresh))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._reader, self._read, stream, after_seq, max_records, max_bytes
@@ -915,6 +915,19 @@ class Outbox:
         if not bodies:
             return None
         return Batch(stream, seqs[0], seqs[-1], tuple(bodies))
+
+    async def reply_ids(self) -> set[str]:
+        """The ids of the replies still in the file, delivered or not: after a crash,
+        the commands whose reply was stored need not run again."""
+
+        def query() -> set[str]:
+            assert self._read_conn is not None  # noqa: S101 - opened in open()
+            rows = self._read_conn.execute(
+                f"SELECT json_extract(body, '$.id') FROM {_TABLE['replies']}"  # noqa: S608
+            ).fetchall()
+            return {row[0] for row in rows if isinstance(row[0], str)}
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader, query)
 
     def acknowledge(self, batch: Batch) -> None:
         """The broker has the batch: mark it delivered in the next transaction. Call it
@@ -969,7 +982,6 @@ class Outbox:
             epoch=self.epoch,
             appended=self.appended,
             commits=self.commits,
-            loop_commits=self.loop_commits,
             oldest_age_s=self._oldest_age,
         )
 

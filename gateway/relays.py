@@ -58,7 +58,7 @@ from gateway.clock import local_iso
 from gateway.component import Component, EventSink, Health
 from gateway.config import RelayConfig
 from gateway.errors import GatewayError
-from gateway.files import write_atomic
+from gateway.files import LatestWriter
 from gateway.log import get_logger
 from gateway.state import StateStore
 
@@ -234,6 +234,8 @@ class RelayBank(Component):
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._pending_events: list[dict[str, Any]] = []
+        self._line_waiters: list[tuple[str, bool, asyncio.Future[None]]] = []
+        self._file = LatestWriter(self._path, on_error=self._file_failed)
         self._last_saved: str | None = None
         self._last_published: dict[str, Any] | None = None
         self._last_committed: tuple[object, ...] | None = None
@@ -273,8 +275,10 @@ class RelayBank(Component):
             for device in built:
                 device.close()
             self._relays.clear()
+            self._file.close()
             raise RelayError(f"cannot claim relay pins: {exc}", key="relay.gpio") from exc
         self._save()
+        self._file.flush()  # the power-on state is on the card before READY
         _log.info(
             "relays.opened",
             factory=factory_name(factory),
@@ -298,6 +302,7 @@ class RelayBank(Component):
                     relay.on = False
             finally:
                 relay.device.close()
+        self._file.close()
         _log.info("relays.closed", shutdown=shutdown)
 
     def force_off(self, name: str) -> None:
@@ -361,6 +366,38 @@ class RelayBank(Component):
             self._settle()
             await self._commit()
             return self._relay_state(relay)
+
+    async def drive(self, name: str, on: bool, *, source: str, timeout_s: float = 5.0) -> bool:
+        """Switch ``name`` and wait until its line has changed: the port through which
+        the PA's amplifier powers itself, without a command to itself and no polling.
+
+        The switch follows the bank's rules (a minimum interval may defer it, an
+        interlock may refuse it); returns True once the line is ``on``, False if that did
+        not happen within ``timeout_s``. The relay's mode is not changed.
+        """
+        relay = self._get(name)
+        async with self._lock:
+            self._request(relay, bool(on), source)
+            self._settle()
+            await self._commit()
+            if relay.on == on:
+                return True
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._line_waiters.append((name, bool(on), waiter))
+            self._wake.set()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter
+        except TimeoutError:
+            return False
+        finally:
+            self._line_waiters = [w for w in self._line_waiters if w[2] is not waiter]
+        return True
+
+    def is_on(self, name: str) -> bool | None:
+        """The line's state of ``name`` (None for an unknown relay)."""
+        relay = self._relays.get(name)
+        return None if relay is None else relay.on
 
     async def auto(self, name: str, *, source: str) -> dict[str, Any]:
         """Hand ``name`` back to its schedule now: it takes the schedule's last desire.
@@ -630,7 +667,10 @@ class RelayBank(Component):
         events, self._pending_events = self._pending_events, []
         if self._on_event is not None:
             for event in events:
-                await self._on_event(event)
+                self._on_event(event)
+        for name, on, waiter in self._line_waiters:
+            if not waiter.done() and self._relays[name].on == on:
+                waiter.set_result(None)
 
     def _fields(self) -> tuple[object, ...]:
         """Every field the state file and the snapshot are made of, of every relay."""
@@ -683,5 +723,18 @@ class RelayBank(Component):
         text = json.dumps({"version": _STATE_VERSION, "relays": record}, sort_keys=True)
         if text == self._last_saved:
             return
-        write_atomic(self._path, text)
+        self._file.write(text)  # off the event loop: two fsyncs on an SD card
         self._last_saved = text
+
+    def _file_failed(self, error: OSError) -> None:
+        """From the writer thread: the relay switched, only its state file was not written."""
+        _log.error(
+            "relays.state_not_saved",
+            path=str(self._path),
+            error=str(error),
+            note="the relays did switch; power_on = restore may bring back an older state",
+        )
+
+    def flush(self) -> None:
+        """Block until the state file holds the latest state (tests, backup)."""
+        self._file.flush()

@@ -122,7 +122,7 @@ async def play_test_tone(device: str, volume: int, request: pytest.FixtureReques
     def report(message: Report) -> None:
         loop.call_soon_threadsafe(holder[0].on_report, message)
 
-    async def on_event(event: dict[str, Any]) -> None:
+    def on_event(event: dict[str, Any]) -> None:
         events.append(event)
 
     output = Output(
@@ -141,7 +141,7 @@ async def play_test_tone(device: str, volume: int, request: pytest.FixtureReques
         open_chime=None,
         on_event=on_event,
         on_change=lambda: None,
-        amplifier=Amplifier(None, warmup_s=0, idle_off_s=1, relay_on=lambda: None),
+        amplifier=Amplifier(None, warmup_s=0, idle_off_s=1),
         volume=100,
     )
     holder.append(player)

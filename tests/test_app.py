@@ -185,11 +185,9 @@ async def test_metrics_cover_relays_pa_hotspots_and_commands(config_file: Config
     rejected = (("source", "web"), ("status", "rejected"), ("type", "relay.set"))
     assert samples[("vg_commands_total", done)] == 1.0
     assert samples[("vg_commands_total", rejected)] == 1.0
-    assert (
-        0
-        <= samples[("vg_outbox_loop_commits_total", ())]
-        <= samples[("vg_outbox_commits_total", ())]
-    )
+    assert samples[("vg_outbox_commits_total", ())] >= 1
+    # The event loop's lag, for the field: a p99 well under a second on an idle daemon.
+    assert 0 <= samples[("vg_loop_lag_seconds", (("quantile", "0.99"),))] < 1.0
     assert samples[("vg_pa_volume", ())] == app.settings.pa.volume
     assert samples[("vg_pa_device", (("state", "off"),))] == 1.0  # the null backend
     hall_states = {

@@ -1,8 +1,11 @@
-"""The command path: every bad input gets its documented answer, and nothing runs twice."""
+"""The command path: every bad input gets its documented answer, nothing runs twice,
+no command waits behind another's long work, and what was claimed survives a crash."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,43 +13,78 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from gateway.commands import Dispatcher, RelaySetArgs, Reply, Source, sign
-from gateway.outbox import Stream
+from gateway.commands import (
+    CommandError,
+    Dispatcher,
+    LongJob,
+    Redelivered,
+    RelaySetArgs,
+    Source,
+)
+from gateway.events import EventHub
+from gateway.outbox import Outbox, Stream
 
 
-class Recorder:
-    """What the dispatcher sent to the outbox, and what the handlers ran."""
+class Rig:
+    """A Dispatcher over a real outbox, with a relay.set handler that records what ran
+    and emits a ``relay.switched`` event, as the relay bank does."""
 
-    def __init__(self) -> None:
-        self.records: list[tuple[Stream, dict[str, Any]]] = []
+    def __init__(self, state_dir: Path, outbox: Outbox, *, synced: bool = True) -> None:
+        self.state_dir = state_dir
+        self.outbox = outbox
+        self.synced = synced
         self.ran: list[tuple[str, BaseModel, Source]] = []
+        self.fed: list[tuple[dict[str, Any], int | None]] = []
+        self.events = EventHub(outbox, lambda event, seq: self.fed.append((event, seq)))
+        self.gates: dict[str, asyncio.Event] = {}
+        self.dispatcher = self.make()
 
-    async def record(self, records: list[tuple[Stream, dict[str, Any]]]) -> None:
-        self.records.extend(records)
+    def make(self, **options: Any) -> Dispatcher:
+        return Dispatcher(
+            state_dir=self.state_dir,
+            handlers={"relay.set": self.relay_set, "pa.clip.fetch": self.fetch},
+            outbox=self.outbox,
+            events=self.events,
+            clock_synced=lambda: self.synced,
+            **options,
+        )
 
     async def relay_set(self, args: BaseModel, source: Source) -> dict[str, Any]:
         assert isinstance(args, RelaySetArgs)
+        gate = self.gates.get(args.relay)
+        if gate is not None:
+            await gate.wait()
         self.ran.append(("relay.set", args, source))
+        self.events.emit({"type": "relay.switched", "relay": args.relay, "on": args.on})
         return {"relay": args.relay, "on": args.on}
 
+    async def fetch(self, args: BaseModel, source: Source) -> dict[str, Any] | LongJob:
+        gate = self.gates.setdefault("fetch", asyncio.Event())
 
-def make_dispatcher(
-    state_dir: Path, recorder: Recorder, *, synced: bool = True, **options: Any
-) -> Dispatcher:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    return Dispatcher(
-        state_dir=state_dir,
-        handlers={"relay.set": recorder.relay_set},
-        record=recorder.record,
-        clock_synced=lambda: synced,
-        **options,
-    )
+        async def work() -> dict[str, Any]:
+            await gate.wait()
+            if getattr(args, "name", "") == "broken":
+                raise CommandError("fetch_failed", "the server answered 404")
+            return {"name": getattr(args, "name", None)}
+
+        return LongJob(work(), accepted={"name": getattr(args, "name", None)})
+
+    async def stored(self, stream: Stream) -> list[dict[str, Any]]:
+        await self.outbox.flush()
+        batch = await self.outbox.read(stream, after_seq=0, max_records=1000, max_bytes=10**7)
+        return [] if batch is None else [json.loads(body) for body in batch.bodies]
 
 
 @pytest.fixture
-def recorder() -> Recorder:
-    """A fresh recorder per test."""
-    return Recorder()
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    """A dispatcher over a fresh outbox."""
+    outbox = await Outbox.open(tmp_path / "outbox", commit_window_s=0.01)
+    made = Rig(tmp_path, outbox)
+    try:
+        yield made
+    finally:
+        made.dispatcher.close()
+        await outbox.close()
 
 
 def command(**fields: Any) -> bytes:
@@ -56,36 +94,30 @@ def command(**fields: Any) -> bytes:
     return json.dumps(body).encode()
 
 
-async def test_a_good_command_runs_once_and_is_answered(tmp_path: Path, recorder: Recorder) -> None:
-    """relay.set from MQTT runs its handler, answers done with the result, appends the
-    reply to the replies stream and the action to the events stream."""
-    dispatcher = make_dispatcher(tmp_path, recorder)
-    reply = await dispatcher.dispatch(command(), "mqtt")
+async def test_a_good_command_runs_once_and_is_answered(rig: Rig) -> None:
+    """relay.set from MQTT runs its handler and answers done with the result; the
+    command's event, the relay's event and the reply are stored in one commit, in that
+    order, and the live feed gets both events with their seqs."""
+    commits = rig.outbox.stats().commits
+    reply = await rig.dispatcher.dispatch(command(), "mqtt", reply_up=True)
     assert reply.status == "done"
     assert reply.result == {"relay": "yard", "on": True}
-    streams = [stream for stream, _ in recorder.records]
-    assert streams == ["events", "replies"]
-    event = recorder.records[0][1]
-    assert event["type"] == "command"
-    assert event["command"] == "relay.set"
-    assert event["source"] == "mqtt"
-    assert event["status"] == "done"
-    body = recorder.records[1][1]
-    assert body["id"] == "c-1"
-    assert body["status"] == "done"
-    dispatcher.close()
+    assert rig.outbox.stats().commits == commits + 1
+    events = await rig.stored("events")
+    assert [e["type"] for e in events] == ["command", "relay.switched"]
+    assert events[0] | {"command": "relay.set", "source": "mqtt", "status": "done"} == events[0]
+    replies = await rig.stored("replies")
+    assert [(r["id"], r["status"]) for r in replies] == [("c-1", "done")]
+    assert [(e["type"], seq) for e, seq in rig.fed] == [("command", 1), ("relay.switched", 2)]
 
 
-async def test_web_commands_are_logged_but_not_replied_over_mqtt(
-    tmp_path: Path, recorder: Recorder
-) -> None:
-    """A command from the web UI is an event like any other; its reply goes back over
-    HTTP, not to P/ID/reply."""
-    dispatcher = make_dispatcher(tmp_path, recorder)
-    reply = await dispatcher.dispatch(command(), "web")
+async def test_web_commands_are_logged_but_not_replied_over_mqtt(rig: Rig) -> None:
+    """A command from the web UI is an event like any other; its reply goes back to the
+    caller, not to P/ID/reply."""
+    reply = await rig.dispatcher.dispatch(command(), "web")
     assert reply.status == "done"
-    assert [stream for stream, _ in recorder.records] == ["events"]
-    dispatcher.close()
+    assert [e["source"] for e in await rig.stored("events") if e["type"] == "command"] == ["web"]
+    assert await rig.stored("replies") == []
 
 
 @pytest.mark.parametrize(
@@ -135,7 +167,7 @@ async def test_web_commands_are_logged_but_not_replied_over_mqtt(
                 }
             ).encode(),
             "bad_command",
-            None,
+            "c-1",
             id="nested-34",
         ),
         pytest.param(
@@ -147,86 +179,143 @@ async def test_web_commands_are_logged_but_not_replied_over_mqtt(
     ],
 )
 async def test_bad_input_is_rejected_with_its_code(
-    tmp_path: Path, recorder: Recorder, payload: bytes, code: str, reply_id: str | None
+    rig: Rig, payload: bytes, code: str, reply_id: str | None
 ) -> None:
     """Each malformed command is rejected with the PROTOCOL.md error code, answered with
     its id when it carried a valid one (null otherwise), and runs nothing."""
-    dispatcher = make_dispatcher(tmp_path, recorder)
-    reply = await dispatcher.dispatch(payload, "mqtt")
+    reply = await rig.dispatcher.dispatch(payload, "mqtt", reply_up=True)
     assert (reply.status, reply.error_code) == ("rejected", code), reply.error_message
     assert reply.id == reply_id
-    assert recorder.ran == []
+    assert rig.ran == []
     assert reply.as_dict()["error"]["message"]
-    dispatcher.close()
+    stored = await rig.stored("replies")
+    assert [(r["id"], r["status"]) for r in stored] == [(reply_id, "rejected")]
 
 
-async def test_same_id_twice_and_after_a_restart_is_duplicate(
-    tmp_path: Path, recorder: Recorder
-) -> None:
+async def test_same_id_twice_and_after_a_restart_is_duplicate(rig: Rig) -> None:
     """An id that already ran is answered duplicate and does not run again, also after a
     restart (ids are kept in SQLite)."""
-    dispatcher = make_dispatcher(tmp_path, recorder)
-    assert (await dispatcher.dispatch(command(id="c-7"), "mqtt")).status == "done"
-    assert (await dispatcher.dispatch(command(id="c-7"), "mqtt")).status == "duplicate"
-    dispatcher.close()
-    restarted = make_dispatcher(tmp_path, recorder)
-    again = await restarted.dispatch(command(id="c-7"), "mqtt")
+    assert (await rig.dispatcher.dispatch(command(id="c-7"), "mqtt")).status == "done"
+    assert (await rig.dispatcher.dispatch(command(id="c-7"), "mqtt")).status == "duplicate"
+    rig.dispatcher.close()
+    rig.dispatcher = rig.make()
+    again = await rig.dispatcher.dispatch(command(id="c-7"), "mqtt")
     assert again.status == "duplicate"
-    assert len(recorder.ran) == 1
-    restarted.close()
+    assert len(rig.ran) == 1
 
 
-async def test_expired_only_while_the_clock_is_synced(tmp_path: Path, recorder: Recorder) -> None:
+async def test_expired_only_while_the_clock_is_synced(rig: Rig) -> None:
     """A command past issued_at + ttl_s is expired while the clock is synchronised; with
     the clock not yet synced after a boot, it cannot be judged and runs."""
     old = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
-    synced = make_dispatcher(tmp_path / "a", recorder, synced=True)
-    reply = await synced.dispatch(command(id="c-old", issued_at=old, ttl_s=60), "mqtt")
+    reply = await rig.dispatcher.dispatch(command(id="c-old", issued_at=old, ttl_s=60), "mqtt")
     assert reply.status == "expired"
-    assert recorder.ran == []
+    assert rig.ran == []
     fresh = (datetime.now(UTC) - timedelta(seconds=10)).isoformat()
-    assert (
-        await synced.dispatch(command(id="c-new", issued_at=fresh, ttl_s=60), "mqtt")
-    ).status == "done"
-    unsynced = make_dispatcher(tmp_path / "b", recorder, synced=False)
-    assert (
-        await unsynced.dispatch(command(id="c-old", issued_at=old, ttl_s=60), "mqtt")
-    ).status == "done"
-    synced.close()
-    unsynced.close()
+    new = await rig.dispatcher.dispatch(command(id="c-new", issued_at=fresh, ttl_s=60), "mqtt")
+    assert new.status == "done"
+    rig.synced = False
+    late = await rig.dispatcher.dispatch(command(id="c-old2", issued_at=old, ttl_s=60), "mqtt")
+    assert late.status == "done"
 
 
-async def test_signed_commands(tmp_path: Path, recorder: Recorder) -> None:
-    """With an HMAC key, an unsigned or wrongly signed command is rejected as forbidden;
-    a correctly signed one runs."""
-    key = b"commune-secret"
-    dispatcher = make_dispatcher(tmp_path, recorder, hmac_key=key)
-    unsigned = json.loads(command(id="s-1"))
-    assert (await dispatcher.dispatch(unsigned, "mqtt")).error_code == "forbidden"
-    forged = {**unsigned, "sig": sign(unsigned, b"wrong-key")}
-    assert (await dispatcher.dispatch(forged, "mqtt")).error_code == "forbidden"
-    signed = {**unsigned, "sig": sign(unsigned, key)}
-    assert (await dispatcher.dispatch(signed, "mqtt")).status == "done"
-    dispatcher.close()
-
-
-async def test_rate_limit_per_source(tmp_path: Path, recorder: Recorder) -> None:
-    """A flood from one source is cut off with rate_limited; another source still gets
-    through."""
-    dispatcher = make_dispatcher(tmp_path, recorder, rate_per_s=1, burst=5)
-    replies: list[Reply] = [
-        await dispatcher.dispatch(command(id=f"f-{n}"), "mqtt") for n in range(10)
-    ]
-    assert [r.status for r in replies].count("done") == 5
-    assert replies[-1].error_code == "rate_limited"
-    assert (await dispatcher.dispatch(command(id="w-1"), "web")).status == "done"
-    dispatcher.close()
-
-
-async def test_known_type_without_handler_fails_clearly(tmp_path: Path, recorder: Recorder) -> None:
-    """A v1 type whose part is not built on this gateway yet fails with not_available."""
-    dispatcher = make_dispatcher(tmp_path, recorder)
+async def test_known_type_without_handler_fails_clearly(rig: Rig) -> None:
+    """A v1 type whose part is not built on this gateway fails with not_available."""
     payload = json.dumps({"id": "p-1", "type": "pa.volume", "args": {"volume": 50}}).encode()
-    reply = await dispatcher.dispatch(payload, "mqtt")
+    reply = await rig.dispatcher.dispatch(payload, "mqtt")
     assert (reply.status, reply.error_code) == ("failed", "not_available")
-    dispatcher.close()
+
+
+async def test_no_command_waits_behind_another_target(rig: Rig) -> None:
+    """A relay.set held up in its handler holds only its own relay: a command to another
+    relay is answered meanwhile, and a second command to the held relay waits its turn."""
+    rig.gates["yard"] = asyncio.Event()
+    held = rig.dispatcher.submit(command(id="y-1"), "mqtt")
+    behind = rig.dispatcher.submit(command(id="y-2", args={"relay": "yard", "on": False}), "mqtt")
+    other = await asyncio.wait_for(
+        rig.dispatcher.dispatch(command(id="h-1", args={"relay": "hall", "on": True}), "mqtt"),
+        timeout=10,
+    )
+    assert other.status == "done"
+    assert not held.done()
+    assert not behind.done()
+    rig.gates["yard"].set()
+    assert (await held).status == (await behind).status == "done"
+    yard = [(a.relay, a.on) for _, a, _ in rig.ran if isinstance(a, RelaySetArgs)]
+    assert yard == [("hall", True), ("yard", True), ("yard", False)]
+
+
+async def test_a_long_job_is_accepted_at_once_and_answered_when_done(rig: Rig) -> None:
+    """pa.clip.fetch answers accepted at once; other commands run while it works; its
+    final reply (done, or rejected with the job's error code) follows."""
+    fetch = {
+        "type": "pa.clip.fetch",
+        "args": {"name": "tin", "url": "http://x/", "sha256": "0" * 64},
+    }
+    final = rig.dispatcher.submit(
+        json.dumps({"id": "f-1", **fetch}).encode(), "mqtt", reply_up=True
+    )
+    broken = {**fetch, "args": {**fetch["args"], "name": "broken"}}  # type: ignore[dict-item]
+    failing = rig.dispatcher.submit(
+        json.dumps({"id": "f-2", **broken}).encode(), "mqtt", reply_up=True
+    )
+    ping = await asyncio.wait_for(rig.dispatcher.dispatch(command(id="r-1"), "mqtt"), timeout=10)
+    assert ping.status == "done"
+    assert not final.done()
+    replies = await rig.stored("replies")
+    assert [(r["id"], r["status"]) for r in replies] == [("f-1", "accepted"), ("f-2", "accepted")]
+    rig.gates["fetch"].set()
+    assert (await final).status == "done"
+    last = await failing
+    assert (last.status, last.error_code) == ("rejected", "fetch_failed")
+    replies = await rig.stored("replies")
+    assert sorted((r["id"], r["status"]) for r in replies[2:]) == [
+        ("f-1", "done"),
+        ("f-2", "rejected"),
+    ]
+
+
+async def test_a_command_claimed_before_a_crash_runs_after_the_restart(rig: Rig) -> None:
+    """A command claimed durably (acknowledged to the broker) whose reply was never
+    stored is run by recover() after a restart, once; one whose reply was stored is not
+    run again."""
+    rig.gates["yard"] = asyncio.Event()
+    rig.dispatcher.submit(command(id="k-1"), "mqtt", reply_up=True, durable=True)
+    answered = await rig.dispatcher.submit(
+        command(id="k-2", args={"relay": "hall", "on": True}), "mqtt", reply_up=True, durable=True
+    )
+    assert answered.status == "done"
+    rig.dispatcher.close()  # the crash: k-1 was claimed, never ran
+    assert [a.relay for _, a, _ in rig.ran if isinstance(a, RelaySetArgs)] == ["hall"]
+    del rig.gates["yard"]
+    rig.dispatcher = rig.make()
+    assert await rig.dispatcher.recover() == 1
+    assert [a.relay for _, a, _ in rig.ran if isinstance(a, RelaySetArgs)] == ["hall", "yard"]
+    replies = [(r["id"], r["status"]) for r in await rig.stored("replies")]
+    assert replies == [("k-2", "done"), ("k-1", "done")]
+    rig.dispatcher.close()
+    rig.dispatcher = rig.make()
+    assert await rig.dispatcher.recover() == 0
+
+
+async def test_the_same_message_again_is_not_answered_twice(rig: Rig) -> None:
+    """The broker redelivering a claimed command (same id, same bytes) gets no second
+    reply; the same id with other bytes is a duplicate."""
+    assert (
+        await rig.dispatcher.submit(command(id="d-1"), "mqtt", reply_up=True, durable=True)
+    ).status == "done"
+    with pytest.raises(Redelivered):
+        rig.dispatcher.submit(command(id="d-1"), "mqtt", reply_up=True, durable=True)
+    other = command(id="d-1", args={"relay": "yard", "on": False})
+    again = await rig.dispatcher.submit(other, "mqtt", reply_up=True, durable=True)
+    assert again.status == "duplicate"
+    assert len(rig.ran) == 1
+
+
+async def test_a_storage_failure_after_the_switch_still_reports_the_switch(rig: Rig) -> None:
+    """The relay did switch: that the outbox could not store it is logged, and the
+    caller still hears done."""
+    await rig.outbox.close()
+    reply = await rig.dispatcher.dispatch(command(id="s-1"), "web")
+    assert reply.status == "done"
+    assert len(rig.ran) == 1

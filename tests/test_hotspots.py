@@ -171,7 +171,7 @@ def _monitor(
     state = StateStore()
     events: Events = []
 
-    async def sink(event: dict[str, Any]) -> None:
+    def sink(event: dict[str, Any]) -> None:
         events.append(event)
 
     monitor = HotspotMonitor(

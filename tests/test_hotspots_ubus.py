@@ -290,7 +290,7 @@ async def test_monitor_publishes_clients_and_survives_bad_answers(
     port = server.sockets[0].getsockname()[1]
     state = StateStore()
 
-    async def sink(event: dict[str, Any]) -> None:
+    def sink(event: dict[str, Any]) -> None:
         del event
 
     monitor = HotspotMonitor(

@@ -23,7 +23,8 @@ from pydantic import BaseModel
 
 from gateway.commands import Dispatcher, Source
 from gateway.config import Settings
-from gateway.outbox import Stream
+from gateway.events import EventHub
+from gateway.outbox import Outbox
 from gateway.state import StateStore
 from gateway.web import HealthReport, WebServer
 from gateway.web.api import ClipsLike
@@ -155,15 +156,11 @@ async def web_rig(
         settings=settings,
         clock=clock,
     )
-    seq = 0
+    outbox = await Outbox.open(state_dir / "outbox", commit_window_s=0.01)
 
-    async def record(items: list[tuple[Stream, dict[str, Any]]]) -> None:
-        nonlocal seq
-        for stream, item in items:
-            seq += 1
-            records.append((stream, item))
-            if stream == "events":
-                server.event(item, seq)
+    def feed(event: dict[str, Any], seq: int | None) -> None:
+        records.append(("events", event))
+        server.event(event, seq)
 
     async def ping(args: BaseModel, source: Source) -> dict[str, Any]:
         return {"pong": True, "source": source}
@@ -171,7 +168,8 @@ async def web_rig(
     dispatcher = Dispatcher(
         state_dir=state_dir,
         handlers={"system.ping": ping},
-        record=record,
+        outbox=outbox,
+        events=EventHub(outbox, feed),
         clock_synced=lambda: True,
         wall=time.time,
     )
@@ -185,3 +183,4 @@ async def web_rig(
         await server.end()
         await client.close()
         dispatcher.close()
+        await outbox.close()

@@ -365,14 +365,14 @@ class HotspotMonitor(Component):
         }
         if target.host is not None:
             event |= {"hotspot": target.name, "label": target.label}
-        await self._on_event(event)
+        self._on_event(event)
 
     async def _announce_icmp(self) -> None:
         if self.icmp.permitted or self._icmp_announced:
             return
         self._icmp_announced = True
         _log.warning("hotspots.icmp_not_permitted", detail=self.icmp.detail, fallback="tcp")
-        await self._on_event(
+        self._on_event(
             {"type": "hotspots.icmp_not_permitted", "detail": self.icmp.detail, "fallback": "tcp"}
         )
 
