@@ -8,6 +8,11 @@ store does not decode anything; it is rebuilt from the files if it is lost.
 
 Two clips come with the package, made by ``audio/make_sounds.py``: ``chime`` (played
 before announcements) and ``test-tone``. Their names are reserved.
+
+Nothing here holds up the player: a download and its decode check hold no lock that
+playing needs. Writes of one name (an upload, a fetch) keep their order, one after the
+other; writes of different names run side by side, at most ``max_fetches`` downloads
+at once.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ import json
 import os
 import re
 import secrets
+import shutil
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +37,18 @@ import aiohttp
 from gateway.errors import GatewayError
 from gateway.files import write_atomic
 from gateway.log import get_logger
-from gateway.pa.decode import DecodeError, probe
+from gateway.pa.decode import MAX_CLIP_S, PROBE_TIMEOUT_S, DecodeError, probe
 from gateway.pa.fetch import FetchError, download
 
-__all__ = ["BUNDLED", "BUNDLED_DIR", "ClipError", "ClipInfo", "ClipStore", "normalise_name"]
+__all__ = [
+    "BUNDLED",
+    "BUNDLED_DIR",
+    "MAX_FETCHES",
+    "ClipError",
+    "ClipInfo",
+    "ClipStore",
+    "normalise_name",
+]
 
 _log = get_logger("pa.clips")
 
@@ -41,6 +58,9 @@ BUNDLED = ("chime", "test-tone")
 MAX_NAME = 64
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_FETCHES = 3
+"""Downloads at once; one more is refused with ``busy`` (each may fill ``max_bytes`` of
+the card and a decode thread)."""
 _INDEX = "index.json"
 _TEMP_PREFIX = ".incoming-"
 
@@ -49,8 +69,10 @@ class ClipError(GatewayError):
     """A clip refused or missing; ``key`` is the reply error code.
 
     ``unknown_target`` (no such clip), ``bad_args`` (bad name, URL or sha256),
-    ``too_large``, ``bad_audio`` (decoding failed), ``fetch_failed`` (download problem),
-    ``bad_checksum``.
+    ``too_large``, ``bad_audio`` (decoding failed), ``too_long`` (over the duration cap),
+    ``decode_timeout`` (the decode check took too long), ``fetch_failed`` (download
+    problem), ``bad_checksum``, ``busy`` (too many downloads at once), ``no_space`` (the
+    card has no room for one more clip).
     """
 
     def __init__(self, key: str, message: str) -> None:
@@ -97,10 +119,24 @@ def normalise_name(name: str) -> str:
 class ClipStore:
     """Clips under ``root`` (``state_dir/clips``); bundled clips are always present."""
 
-    def __init__(self, root: Path, *, max_bytes: int = 50_000_000) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_bytes: int = 50_000_000,
+        max_duration_s: float = MAX_CLIP_S,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
+        max_fetches: int = MAX_FETCHES,
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.max_duration_s = max_duration_s
+        self.probe_timeout_s = probe_timeout_s
+        self.max_fetches = max_fetches
         self._lock = asyncio.Lock()
+        """Held only to rename a checked file into place and rewrite the index."""
+        self._writers: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._fetching = 0
         self._bundled: dict[str, ClipInfo] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         self._clips = self._load()
@@ -144,12 +180,32 @@ class ClipStore:
             raise ClipError("too_large", f"{len(data)} bytes; the cap is {self.max_bytes}")
         if not data:
             raise ClipError("bad_audio", "the upload is empty")
-        temp = self._temp(key)
-        try:
-            await asyncio.to_thread(_write_file, temp, data)
-            return await self._commit(key, temp, hashlib.sha256(data).hexdigest(), len(data))
-        finally:
-            await asyncio.to_thread(temp.unlink, missing_ok=True)
+        self._need_room(len(data))
+        async with self._writing(key):
+            temp = self._temp(key)
+            try:
+                await asyncio.to_thread(_write_file, temp, data)
+                return await self._commit(key, temp, hashlib.sha256(data).hexdigest(), len(data))
+            finally:
+                await asyncio.to_thread(temp.unlink, missing_ok=True)
+
+    def check_fetch(self, name: str, url: str, sha256: str) -> str:
+        """What can be judged of a fetch before it starts, at once: the clip's stored name,
+        or ClipError (``bad_args``, ``busy``, ``no_space``).
+
+        ``pa.clip.fetch`` calls this to refuse at once; :meth:`fetch` checks it again.
+        """
+        key = self._writable(name)
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256.lower()):
+            raise ClipError("bad_args", "sha256 must be 64 hexadecimal digits")
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            raise ClipError("bad_args", f"not an http(s) URL: {url!r}")
+        if self._fetching >= self.max_fetches:
+            raise ClipError(
+                "busy", f"{self._fetching} clips are being fetched; try again when one is done"
+            )
+        self._need_room(self.max_bytes * (self._fetching + 1))
+        return key
 
     async def fetch(
         self,
@@ -163,31 +219,17 @@ class ClipStore:
         """Download ``url`` as clip ``name``: size cap, timeout, at most 5 redirects.
 
         The sha256 is checked, then the content decoded, and only then is the file
-        renamed into place; on any failure nothing of the download remains.
+        renamed into place; on any failure nothing of the download remains. A fetch of a
+        name that is being written waits for that write (the later one wins); fetches of
+        other names, and everything else, go on meanwhile.
         """
-        key = self._writable(name)
-        expected = sha256.lower() if isinstance(sha256, str) else ""
-        if not _SHA256.fullmatch(expected):
-            raise ClipError("bad_args", "sha256 must be 64 hexadecimal digits")
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise ClipError("bad_args", f"not an http(s) URL: {url!r}")
-        temp = self._temp(key)
+        key = self.check_fetch(name, url, sha256)
+        self._fetching += 1
         try:
-            try:
-                size = await download(
-                    url,
-                    temp,
-                    sha256=expected,
-                    max_bytes=self.max_bytes,
-                    timeout_s=timeout_s,
-                    session=session,
-                )
-            except FetchError as exc:
-                _log.warning("pa.clip_fetch_failed", clip=key, url=url, reason=str(exc))
-                raise ClipError(exc.key, str(exc)) from exc
-            return await self._commit(key, temp, expected, size)
+            async with self._writing(key):
+                return await self._fetch(key, url, sha256.lower(), timeout_s, session)
         finally:
-            await asyncio.to_thread(temp.unlink, missing_ok=True)
+            self._fetching -= 1
 
     # Internals.
 
@@ -200,12 +242,72 @@ class ClipStore:
     def _temp(self, key: str) -> Path:
         return self.root / f"{_TEMP_PREFIX}{key}-{secrets.token_hex(4)}"
 
-    async def _commit(self, key: str, temp: Path, sha256: str, size: int) -> ClipInfo:
-        """Decode-check ``temp``, then rename it into place and record it."""
+    def _need_room(self, size: int) -> None:
+        """ClipError("no_space") unless the card has ``size`` bytes free for clips."""
+        free = shutil.disk_usage(self.root).free
+        if free < size:
+            raise ClipError("no_space", f"{free} bytes free in {self.root}; a clip may need {size}")
+
+    @asynccontextmanager
+    async def _writing(self, key: str) -> AsyncIterator[None]:
+        """Writes of one name one after the other, in the order they came."""
+        lock, users = self._writers.get(key, (asyncio.Lock(), 0))
+        self._writers[key] = (lock, users + 1)
         try:
-            fmt, duration = await asyncio.to_thread(probe, temp)
+            async with lock:
+                yield
+        finally:
+            lock, users = self._writers[key]
+            if users == 1:
+                del self._writers[key]
+            else:
+                self._writers[key] = (lock, users - 1)
+
+    async def _fetch(
+        self,
+        key: str,
+        url: str,
+        sha256: str,
+        timeout_s: float,
+        session: aiohttp.ClientSession | None,
+    ) -> ClipInfo:
+        temp = self._temp(key)
+        try:
+            try:
+                size = await download(
+                    url,
+                    temp,
+                    sha256=sha256,
+                    max_bytes=self.max_bytes,
+                    timeout_s=timeout_s,
+                    session=session,
+                )
+            except FetchError as exc:
+                _log.warning("pa.clip_fetch_failed", clip=key, url=url, reason=str(exc))
+                raise ClipError(exc.key, str(exc)) from exc
+            return await self._commit(key, temp, sha256, size)
+        finally:
+            await asyncio.to_thread(temp.unlink, missing_ok=True)
+
+    def _probe(self, path: Path, stop: threading.Event | None = None) -> tuple[str, float]:
+        return probe(
+            path,
+            max_duration_s=self.max_duration_s,
+            timeout_s=self.probe_timeout_s,
+            stop=stop,
+        )
+
+    async def _commit(self, key: str, temp: Path, sha256: str, size: int) -> ClipInfo:
+        """Decode-check ``temp`` in a thread, then rename it into place and record it."""
+        stop = threading.Event()  # a cancelled command stops the thread's decoding too
+        try:
+            fmt, duration = await asyncio.to_thread(self._probe, temp, stop)
         except DecodeError as exc:
-            raise ClipError("bad_audio", str(exc).replace(temp.name, key)) from exc
+            message = str(exc).replace(temp.name, key)
+            _log.warning("pa.clip_refused", clip=key, reason=exc.key, error=message)
+            raise ClipError(exc.key, message) from exc
+        finally:
+            stop.set()
         info = ClipInfo(key, size, sha256, duration, fmt)
         async with self._lock:
             old = self._clips.get(key)
@@ -223,7 +325,7 @@ class ClipStore:
         if info is None:
             path = BUNDLED_DIR / f"{key}.wav"
             data = path.read_bytes()
-            fmt, duration = probe(path)
+            fmt, duration = self._probe(path)
             info = ClipInfo(key, len(data), hashlib.sha256(data).hexdigest(), duration, fmt, True)
             self._bundled[key] = info
         return info
@@ -258,7 +360,7 @@ class ClipStore:
                 continue
             try:
                 key = normalise_name(key)
-                fmt, duration = probe(path)
+                fmt, duration = self._probe(path)
             except (ClipError, DecodeError) as exc:
                 _log.warning("pa.clip_ignored", file=path.name, reason=str(exc))
                 continue

@@ -42,6 +42,10 @@ from gateway.errors import GatewayError
 from gateway.log import get_logger
 
 __all__ = [
+    "MAX_CHANNELS",
+    "MAX_CLIP_S",
+    "MAX_RATE",
+    "PROBE_TIMEOUT_S",
     "AudioFormat",
     "DecodeError",
     "PcmSource",
@@ -55,8 +59,17 @@ Samples = npt.NDArray[np.float32]
 """Decoded audio as ``(frames, channels)`` floats in [-1, 1]."""
 
 MIN_RATE = 4_000
-MAX_RATE = 384_000
+MAX_RATE = 192_000
+"""The highest sample rate taken (studio masters go up to 192 kHz; above that a file is
+a decoding bomb more likely than a recording)."""
 MAX_CHANNELS = 8
+"""7.1 is the most a real recording has; the horns get the first one or two."""
+MAX_CLIP_S = 30 * 60.0
+"""The longest clip the store takes (``too_long``): a long announcement or a recorded
+meeting fits, a decoding bomb of hours of silence does not."""
+PROBE_TIMEOUT_S = 60.0
+"""How long the decode check of one clip may take (``decode_timeout``); a 30-minute
+48 kHz stereo MP3 takes a few seconds (docs/audio.md)."""
 _BLOCK_S = 0.1
 """How much input one decode step reads: small enough for a prompt close()."""
 _MAX_REDIRECTS = 5
@@ -81,10 +94,10 @@ class AudioFormat:
 
 
 class DecodeError(GatewayError):
-    """Not audio / unsupported / truncated / stream gone.
+    """Not audio / unsupported / truncated / too long / stream gone.
 
-    ``key`` is a reply error code: ``bad_audio`` for files, ``stream_failed`` for live
-    streams.
+    ``key`` is a reply error code: ``bad_audio`` for files (``too_long`` and
+    ``decode_timeout`` from :func:`probe`), ``stream_failed`` for live streams.
     """
 
     def __init__(self, key: str, message: str) -> None:
@@ -211,9 +224,15 @@ def _reason(exc: Exception) -> str:
 def _check_info(handle: sf.SoundFile, name: str) -> None:
     """Refuse what the player cannot use even though libsndfile opened it."""
     if not MIN_RATE <= handle.samplerate <= MAX_RATE:
-        raise DecodeError("bad_audio", f"{name}: sample rate {handle.samplerate} Hz unsupported")
+        raise DecodeError(
+            "bad_audio",
+            f"{name}: sample rate {handle.samplerate} Hz unsupported"
+            f" ({MIN_RATE // 1000}-{MAX_RATE // 1000} kHz)",
+        )
     if not 1 <= handle.channels <= MAX_CHANNELS:
-        raise DecodeError("bad_audio", f"{name}: {handle.channels} channels unsupported")
+        raise DecodeError(
+            "bad_audio", f"{name}: {handle.channels} channels unsupported (1-{MAX_CHANNELS})"
+        )
 
 
 class ClipSource:
@@ -292,7 +311,14 @@ def open_clip(path: Path, fmt: AudioFormat) -> ClipSource:
     return ClipSource(path, fmt)
 
 
-def probe(path: Path) -> tuple[str, float]:
+def probe(
+    path: Path,
+    *,
+    max_duration_s: float = MAX_CLIP_S,
+    timeout_s: float = PROBE_TIMEOUT_S,
+    stop: threading.Event | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[str, float]:
     """Decode a whole file to check it and measure it: (format, exact duration in s).
 
     Used when a clip is stored: reading to the end catches a truncated or corrupt file
@@ -300,20 +326,43 @@ def probe(path: Path) -> tuple[str, float]:
     count of an MP3 is only an estimate). A file that decodes to clearly fewer frames than
     its header promises (FLAC's STREAMINFO, an MP3's Xing/Info frame count) was cut off
     and is refused; an MP3 without such a header cannot tell and simply is shorter.
+
+    Bounded, because a few kilobytes of FLAC can declare hours of 8-channel silence:
+    the rate and channels are judged from the header before anything is decoded
+    (``bad_audio``); a header announcing more than ``max_duration_s`` is refused at
+    once, and so is a file that decodes past it (``too_long``); the decoding stops with
+    ``decode_timeout`` once it has taken ``timeout_s``, or quietly when ``stop`` is set
+    (its caller went away). Meant to run in a worker thread.
     """
+    deadline = clock() + timeout_s
     try:
         with _SequentialFile(str(path)) as handle:
             _check_info(handle, path.name)
             fmt = str(handle.format).lower()
+            rate = handle.samplerate
+            promised = handle.frames
+            limit = int(max_duration_s * rate)
+            # An MP3's count without a Xing/Info frame is a guess from its size: judged
+            # only by what it decodes to.
+            if fmt != "mp3" and 0 < promised < _UNKNOWN_LENGTH and promised > limit:
+                raise _too_long(path.name, promised / rate, max_duration_s)
             frames = 0
-            block = max(1, handle.samplerate)
+            block = max(1, rate // 4)
             while True:
+                if stop is not None and stop.is_set():
+                    raise DecodeError("cancelled", f"{path.name}: the check was called off")
+                if clock() > deadline:
+                    raise DecodeError(
+                        "decode_timeout",
+                        f"{path.name}: decoding took over {timeout_s:g} s"
+                        f" ({frames / rate:.0f} s of audio checked)",
+                    )
                 data = handle.read(block, dtype="float32", always_2d=True)
                 if len(data) == 0:
                     break
                 frames += len(data)
-            rate = handle.samplerate
-            promised = handle.frames
+                if frames > limit:
+                    raise _too_long(path.name, frames / rate, max_duration_s, more=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         message = f"{path.name}: not audio we can decode ({_reason(exc)})"
         raise DecodeError("bad_audio", message) from exc
@@ -325,6 +374,13 @@ def probe(path: Path) -> tuple[str, float]:
             f"{path.name}: truncated ({frames / rate:.1f} s of {promised / rate:.1f} s decode)",
         )
     return _FORMAT_NAMES.get(fmt, fmt), frames / rate
+
+
+def _too_long(name: str, seconds: float, cap: float, *, more: bool = False) -> DecodeError:
+    at_least = "over " if more else ""
+    return DecodeError(
+        "too_long", f"{name}: {at_least}{seconds:.0f} s of audio; clips are at most {cap:g} s"
+    )
 
 
 # --- live streams -------------------------------------------------------------------
