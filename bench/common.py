@@ -31,5 +31,13 @@ async def latencies(call: Callable[[], Awaitable[object]], count: int) -> list[f
 
 
 def p(values: list[float], percent: int) -> float:
-    """The ``percent`` percentile of ``values``."""
+    """The ``percent`` percentile of ``values`` (the max when there are too few for
+    quantiles, 0 when there are none)."""
+    if len(values) < 2:
+        return max(values, default=0.0)
     return statistics.quantiles(values, n=100)[percent - 1]
+
+
+def ms(seconds: float | None) -> str:
+    """Seconds as milliseconds for a figures line; ``n/a`` for None."""
+    return "n/a" if seconds is None else f"{seconds * 1e3:.1f} ms"
