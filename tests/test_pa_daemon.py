@@ -8,13 +8,16 @@ against the moments samples were handed to the device.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from gateway.app import App
 from gateway.config import load_settings
@@ -22,6 +25,7 @@ from tests.conftest import Broker, ConfigFile, Daemon
 from tests.test_app import running, wait_for
 from tests.test_downlink import daemon_on, send
 from tests.test_link import subscriber
+from tests.test_pa_fetch import tone_mp3
 
 
 def pa_state(messages: list[tuple[str, Any, bool]]) -> dict[str, Any] | None:
@@ -36,7 +40,9 @@ async def test_pa_commands_over_mqtt(
 ) -> None:
     """pa.play of the bundled test tone is done and plays; pa.volume changes state/pa;
     pa.stop stops; bad volume, unknown priority and unknown clip are rejected with their
-    codes, and the daemon keeps playing other items meanwhile."""
+    codes, and the daemon keeps playing other items meanwhile. The amplifier relay is
+    switched through the relay bank (relay.switched events, source pa), not by
+    commands."""
     daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
     async with subscriber(broker, f"vg/v1/{gateway}/#") as seen:
         await asyncio.sleep(0.5)
@@ -67,6 +73,14 @@ async def test_pa_commands_over_mqtt(
         assert state["playing"]["clip"] == "test-tone"  # still playing through the bad ones
         assert state["device"] == "off"  # the null backend
         assert state["amplifier"] is True
+
+        def started() -> bool:
+            playing = (pa_state(seen.messages) or {}).get("playing") or {}
+            return playing.get("state") == "playing"
+
+        # The amplifier warms up (pa.amp_warmup_s) before the first sample and pa.started:
+        # stopping before that would leave no pa.started to see.
+        await wait_for(started, 15)
         stop = await command("pa.stop", "scope=all")
         assert stop["status"] == "done"
         assert stop["result"]["stopped"]
@@ -88,9 +102,91 @@ async def test_pa_commands_over_mqtt(
     assert daemon.stop()[0] == 0
     kinds = {e["type"] for e in events}
     assert {"pa.started", "pa.finished"} <= kinds
-    amp = [e for e in events if e.get("type") == "command" and e.get("source") == "pa"]
+    amp = [e for e in events if e.get("type") == "relay.switched" and e.get("source") == "pa"]
     assert amp
-    assert all(e["command"] == "relay.set" for e in amp)
+    assert all(e["relay"] == "amplifier" for e in amp)
+    assert not [e for e in events if e.get("type") == "command" and e.get("source") == "pa"]
+
+
+@pytest.mark.slow
+async def test_clip_fetch_is_accepted_then_done_and_an_emergency_does_not_wait(
+    broker: Broker,
+    config_file: ConfigFile,
+    start_daemon: Callable[..., Daemon],
+    tmp_path: Path,
+) -> None:
+    """pa.clip.fetch over MQTT: ``accepted`` at once, then ``done`` with the clip once
+    the download and its check end; while the commune's server holds the download, an
+    emergency pa.play is done at once. The stored clip then plays."""
+    clip = tone_mp3(tmp_path, seconds=1.0)
+    gate = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await gate.wait()
+        return web.Response(body=clip, content_type="audio/mpeg")
+
+    server = web.Application()
+    server.router.add_get("/news.mp3", slow)
+    runner = web.AppRunner(server, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}/news.mp3"
+    daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
+    try:
+        async with subscriber(broker, f"vg/v1/{gateway}/#") as seen:
+            await asyncio.sleep(0.5)
+
+            def replies() -> list[dict[str, Any]]:
+                return [
+                    body
+                    for topic, body, _ in seen.messages
+                    if topic.endswith("/reply") and (body.get("result") or {}).get("name") == "news"
+                ]
+
+            sha256 = hashlib.sha256(clip).hexdigest()
+            fetch = asyncio.ensure_future(
+                asyncio.to_thread(
+                    send,
+                    broker,
+                    "--gateway",
+                    gateway,
+                    "pa.clip.fetch",
+                    "name=news",
+                    f"url={url}",
+                    f"sha256={sha256}",
+                )
+            )
+            await wait_for(lambda: [r["status"] for r in replies()] == ["accepted"], 15)
+            started = time.monotonic()
+            done = await asyncio.to_thread(
+                send,
+                broker,
+                "--gateway",
+                gateway,
+                "pa.play",
+                "clip=test-tone",
+                "priority=emergency",
+            )
+            play = json.loads(done.stdout)
+            assert play["status"] == "done", play
+            assert time.monotonic() - started < 10  # a send is a process: seconds, not the fetch
+            assert not fetch.done()
+            gate.set()
+            finished = await fetch
+            reply = json.loads(finished.stdout)
+            assert reply["status"] == "done", reply
+            assert (reply["result"]["name"], reply["result"]["sha256"]) == ("news", sha256)
+            assert "accepted by" in finished.stderr
+            assert [r["status"] for r in replies()] == ["accepted", "done"]
+            again = await asyncio.to_thread(
+                send, broker, "--gateway", gateway, "pa.play", "clip=news"
+            )
+            assert json.loads(again.stdout)["status"] == "done"
+    finally:
+        gate.set()
+        await runner.cleanup()
+    assert daemon.stop()[0] == 0
 
 
 async def test_amplifier_on_before_warmup_off_after_idle_and_on_sigterm(
@@ -109,7 +205,7 @@ async def test_amplifier_on_before_warmup_off_after_idle_and_on_sigterm(
     firsts: list[float] = []
     finished: list[float] = []
 
-    async def record(event: dict[str, Any]) -> None:
+    def record(event: dict[str, Any]) -> None:
         if event["type"] == "pa.finished":
             finished.append(time.monotonic())
 
@@ -119,9 +215,9 @@ async def test_amplifier_on_before_warmup_off_after_idle_and_on_sigterm(
         app.pa.player.first_sample = lambda _item, at: firsts.append(at)
         events = app.pa.player._on_event  # listen in alongside the outbox
 
-        async def both(event: dict[str, Any]) -> None:
-            await record(event)
-            await events(event)
+        def both(event: dict[str, Any]) -> None:
+            record(event)
+            events(event)
 
         app.pa.player._on_event = both
         relay = app.control.relays._relays["amplifier"]

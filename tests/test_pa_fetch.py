@@ -1,7 +1,9 @@
 """pa.clip.fetch's download: every way a server can misbehave, against aiohttp on 127.0.0.1.
 
 After every failure the store must look exactly as before: the old clip of that name
-intact and no temporary file left in the clips folder.
+intact and no temporary file left in the clips folder. The command is a long job: what
+can be judged at once is refused at once, and while a download hangs every other PA
+command (an emergency first of all) and other downloads go on.
 """
 
 from __future__ import annotations
@@ -19,8 +21,20 @@ import pytest
 import soundfile as sf
 from aiohttp import web
 
-from gateway.pa.clips import ClipError, ClipStore
+from gateway.commands import (
+    CommandError,
+    LongJob,
+    PaClipFetchArgs,
+    PaPlayArgs,
+    PaStopArgs,
+    PaVolumeArgs,
+)
+from gateway.config import load_settings
+from gateway.pa import PublicAddress
+from gateway.pa.clips import MAX_FETCHES, ClipError, ClipStore
 from gateway.pa.decode import AudioFormat, open_clip
+from gateway.state import StateStore
+from tests.conftest import ConfigFile
 
 CAP = 300_000
 
@@ -44,6 +58,10 @@ class ClipServer:
     base: str = ""
     release: asyncio.Event = field(default_factory=asyncio.Event)
     sent: dict[str, int] = field(default_factory=dict)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    """Opens /slow."""
+    files: dict[str, bytes] = field(default_factory=dict)
+    """Served at /file/NAME."""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -55,7 +73,17 @@ class ClipServer:
         app.router.add_get("/endless", self.endless)
         app.router.add_get("/more-than-announced", self.more_than_announced)
         app.router.add_get("/text", self.text)
+        app.router.add_get("/slow", self.slow)
+        app.router.add_get("/file/{name}", self.file)
         return app
+
+    async def slow(self, request: web.Request) -> web.Response:
+        """The clip, once the test opens the gate."""
+        await self.gate.wait()
+        return web.Response(body=self.clip, content_type="audio/mpeg")
+
+    async def file(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.files[request.match_info["name"]])
 
     async def good(self, request: web.Request) -> web.Response:
         return web.Response(body=self.clip, content_type="audio/mpeg")
@@ -220,4 +248,130 @@ async def test_bad_fetch_arguments(store: ClipStore, name: str, url: str, digest
 async def test_connection_refused_is_fetch_failed(store: ClipStore) -> None:
     with pytest.raises(ClipError) as caught:
         await store.fetch("x", "http://127.0.0.1:9/clip", "0" * 64, timeout_s=5)
+    assert caught.value.key == "fetch_failed"
+
+
+async def test_fetches_of_one_name_keep_their_order(server: ClipServer, store: ClipStore) -> None:
+    """Two fetches of one name: the later waits for the earlier and wins, however much
+    faster its own server is; a fetch of another name does not wait."""
+    folder = store.root.parent / "later"
+    folder.mkdir()
+    later = tone_mp3(folder, seconds=1.0)
+    server.files["later.mp3"] = later
+    done: list[str] = []
+
+    async def fetch(name: str, path: str, data: bytes) -> None:
+        await store.fetch(name, f"{server.base}{path}", sha(data), timeout_s=10)
+        done.append(f"{name}{path}")
+
+    first = asyncio.create_task(fetch("news", "/slow", server.clip))
+    await asyncio.sleep(0.1)
+    second = asyncio.create_task(fetch("news", "/file/later.mp3", later))
+    await asyncio.wait_for(fetch("weather", "/file/later.mp3", later), 5)
+    await asyncio.sleep(0.2)
+    assert done == ["weather/file/later.mp3"]
+    server.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert done[1:] == ["news/slow", "news/file/later.mp3"]
+    assert store.info("news").sha256 == sha(later)
+
+
+async def test_a_fetched_bomb_is_refused(server: ClipServer, store: ClipStore) -> None:
+    """A decoding bomb from the commune's server is refused like an uploaded one."""
+    path = store.root.parent / "bomb.flac"
+    sf.write(str(path), np.zeros((384_000 * 2, 8), dtype=np.int16), 384_000, format="FLAC")
+    server.files["bomb.flac"] = path.read_bytes()
+    with pytest.raises(ClipError) as caught:
+        await store.fetch("bomb", f"{server.base}/file/bomb.flac", sha(path.read_bytes()))
+    assert caught.value.key == "bad_audio"
+    assert "384000 Hz" in str(caught.value)
+    assert sorted(p.name for p in store.root.iterdir()) == []
+
+
+@pytest.fixture
+async def pa(config_file: ConfigFile) -> AsyncIterator[PublicAddress]:
+    """The PA component as the daemon builds it (null backend), without the daemon."""
+    component = PublicAddress(
+        load_settings(config_file.path), state=StateStore(), on_event=lambda event: None
+    )
+    component.open()
+    try:
+        yield component
+    finally:
+        component.close()
+
+
+def fetch_args(name: str, url: str, data: bytes) -> PaClipFetchArgs:
+    return PaClipFetchArgs(name=name, url=url, sha256=sha(data))
+
+
+async def test_fetch_command_is_a_long_job_that_holds_up_nothing(
+    server: ClipServer, pa: PublicAddress
+) -> None:
+    """pa.clip.fetch answers a LongJob at once; while its download hangs, an emergency
+    pa.play, pa.volume and pa.stop answer at once, and another fetch runs to its end."""
+    handlers = pa.handlers()
+    fetch = handlers["pa.clip.fetch"]
+    job = await asyncio.wait_for(
+        fetch(fetch_args("slow", f"{server.base}/slow", server.clip), "mqtt"), 0.5
+    )
+    assert isinstance(job, LongJob)
+    assert job.accepted == {"name": "slow", "url": f"{server.base}/slow"}
+    work = asyncio.ensure_future(job.work)
+    await asyncio.sleep(0.1)  # the download has started and waits for the server
+
+    started = time.monotonic()
+    play = await handlers["pa.play"](PaPlayArgs(clip="test-tone", priority="emergency"), "mqtt")
+    volume = await handlers["pa.volume"](PaVolumeArgs(volume=40), "web")
+    stop = await handlers["pa.stop"](PaStopArgs(scope="all"), "web")
+    assert time.monotonic() - started < 0.5
+    assert isinstance(play, dict)
+    assert play["status"] == "playing"
+    assert volume == {"volume": 40}
+    assert isinstance(stop, dict)
+    assert stop["stopped"] == play["item"]
+
+    other = await fetch(fetch_args("other", f"{server.base}/clip", server.clip), "mqtt")
+    assert isinstance(other, LongJob)
+    assert (await asyncio.wait_for(other.work, 10))["name"] == "other"
+    assert not work.done()
+
+    server.gate.set()
+    result = await asyncio.wait_for(work, 10)
+    assert (result["name"], result["sha256"]) == ("slow", sha(server.clip))
+    assert pa.clips.info("slow").format == "mp3"
+
+
+@pytest.mark.parametrize(("name", "key"), [("chime", "bad_args"), ("../../etc/passwd", "bad_args")])
+async def test_fetch_command_refuses_at_once(
+    server: ClipServer, pa: PublicAddress, name: str, key: str
+) -> None:
+    """What can be judged before downloading is a CommandError from the handler itself
+    (an immediate ``rejected``), not an accepted job that fails later."""
+    with pytest.raises(CommandError) as caught:
+        await pa.handlers()["pa.clip.fetch"](
+            fetch_args(name, f"{server.base}/clip", server.clip), "mqtt"
+        )
+    assert caught.value.key == key
+
+
+async def test_too_many_fetches_at_once_are_busy(server: ClipServer, pa: PublicAddress) -> None:
+    """Past MAX_FETCHES downloads at once the next is refused at once (busy); once one
+    ends there is room again. A job that fails ends in its CommandError."""
+    fetch = pa.handlers()["pa.clip.fetch"]
+    jobs = []
+    for n in range(MAX_FETCHES):
+        job = await fetch(fetch_args(f"slow{n}", f"{server.base}/slow", server.clip), "mqtt")
+        assert isinstance(job, LongJob)
+        jobs.append(asyncio.ensure_future(job.work))
+    await asyncio.sleep(0.1)
+    with pytest.raises(CommandError) as caught:
+        await fetch(fetch_args("one-more", f"{server.base}/clip", server.clip), "mqtt")
+    assert caught.value.key == "busy"
+    server.gate.set()
+    await asyncio.wait_for(asyncio.gather(*jobs), 10)
+    failing = await fetch(fetch_args("gone", f"{server.base}/missing", server.clip), "mqtt")
+    assert isinstance(failing, LongJob)
+    with pytest.raises(CommandError) as caught:
+        await failing.work
     assert caught.value.key == "fetch_failed"

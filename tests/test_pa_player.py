@@ -96,9 +96,6 @@ async def rig(
     )
     events: list[dict[str, Any]] = []
 
-    async def on_event(event: dict[str, Any]) -> None:
-        events.append(event)
-
     def open_chime() -> Source:
         assert chime_path is not None
         return WavSource(chime_path)
@@ -107,9 +104,9 @@ async def rig(
         output,
         open_source=lambda item: opener(paths[item.clip or ""]),
         open_chime=open_chime if chime_path is not None else None,
-        on_event=on_event,
+        on_event=events.append,
         on_change=lambda: None,
-        amplifier=amplifier or Amplifier(None, warmup_s=0, idle_off_s=1, relay_on=lambda: None),
+        amplifier=amplifier or Amplifier(None, warmup_s=0, idle_off_s=1),
         **options,
     )
     holder.append(player)

@@ -4,6 +4,10 @@
 ``pa.*`` commands, and publishes ``state/pa``. Its failures stay inside it: a missing or
 vanished sound device makes ``device`` ``degraded`` (and the output retries), a clip that
 will not decode fails that item only; the relays, MQTT and the web UI never notice.
+
+``pa.clip.fetch`` is a long job: what can be judged at once is answered at once
+(``rejected``), the download and decode check run in the background after ``accepted``,
+and nothing ``pa.play``, ``pa.stop`` or ``pa.volume`` needs is held meanwhile.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +25,7 @@ from gateway.clock import zone
 from gateway.commands import (
     CommandError,
     Handler,
+    LongJob,
     PaClipFetchArgs,
     PaPlayArgs,
     PaStopArgs,
@@ -48,8 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["PublicAddress"]
 
 _log = get_logger("pa")
-
-Dispatch = Callable[[dict[str, Any], Source], Awaitable[Any]]
 
 
 class _Silence:
@@ -98,11 +100,7 @@ class PublicAddress(Component):
             idle_state="off" if pa.backend == "null" else "ok",
         )
         self.amplifier = Amplifier(
-            pa.amp_relay,
-            warmup_s=pa.amp_warmup_s,
-            idle_off_s=pa.amp_idle_off_s,
-            relay_on=lambda: _relay_on(relays, pa.amp_relay),
-            force_off=relays.force_off if relays is not None else None,
+            pa.amp_relay, relays, warmup_s=pa.amp_warmup_s, idle_off_s=pa.amp_idle_off_s
         )
         self.player = Player(
             self.output,
@@ -120,11 +118,10 @@ class PublicAddress(Component):
 
     # ------------------------------------------------------------------ life cycle
 
-    def open(self, dispatch: Dispatch) -> None:
-        """Start the output thread (it finds the device) and take the Dispatcher for the
-        amplifier relay; called in ``App._build``, before READY."""
+    def open(self) -> None:
+        """Start the output thread (it finds the device); called in ``App._build``,
+        before READY, with the amplifier off."""
         self._loop = asyncio.get_running_loop()
-        self.amplifier.open(dispatch)
         self.output.start()
 
     def close(self) -> None:
@@ -208,8 +205,16 @@ class PublicAddress(Component):
         )
         return self.player.set_volume(args.volume)
 
-    async def _fetch(self, args: BaseModel, source: Source) -> dict[str, Any]:
+    async def _fetch(self, args: BaseModel, source: Source) -> LongJob:
+        """Refuse at once what can be judged at once; download and check in the background."""
         assert isinstance(args, PaClipFetchArgs)  # noqa: S101 - the dispatcher validated it
+        try:
+            name = self.clips.check_fetch(args.name, args.url, args.sha256)
+        except GatewayError as exc:
+            raise CommandError(getattr(exc, "key", "bad_args"), str(exc)) from exc
+        return LongJob(self._fetch_work(args), accepted={"name": name, "url": args.url})
+
+    async def _fetch_work(self, args: PaClipFetchArgs) -> dict[str, Any]:
         try:
             info = await self.clips.fetch(
                 args.name, args.url, args.sha256, timeout_s=self._pa.fetch_timeout_s
@@ -274,10 +279,3 @@ def _saved_volume(path: Path, *, default: int) -> int:
         return volume
     _log.warning("pa.volume_unreadable", path=str(path), error="not 0-100", using=default)
     return default
-
-
-def _relay_on(relays: RelayBank | None, name: str | None) -> bool | None:
-    if relays is None or name is None:
-        return None
-    state = relays.snapshot()["relays"].get(name)
-    return None if state is None else bool(state["on"])

@@ -400,7 +400,7 @@ class Player:
         return volume_gain(item.volume if item.volume is not None else 100), False
 
     def _emit(self, event: dict[str, Any]) -> None:
-        self._spawn(self._on_event(event))
+        self._on_event(event)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
