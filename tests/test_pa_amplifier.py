@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from gateway.component import Health
@@ -26,21 +25,9 @@ from gateway.pa.amplifier import Amplifier
 from gateway.relays import RelayBank
 from gateway.state import StateStore
 from tests.test_app import wait_for
+from tests.test_relays import factory  # noqa: F401 - the fixture: mock pins as gpiozero's default
 
 PIN = 22
-
-
-@pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    """gpiozero's MockFactory as the default pin factory for the test, then removed."""
-    saved = Device.pin_factory
-    mock = MockFactory()
-    Device.pin_factory = mock
-    try:
-        yield mock
-    finally:
-        mock.reset()
-        Device.pin_factory = saved
 
 
 @dataclass
@@ -58,7 +45,10 @@ class Bank:
 
 
 @pytest.fixture
-def make_bank(tmp_path: Path, factory: MockFactory) -> Callable[[float], Any]:
+def make_bank(
+    tmp_path: Path,
+    factory: MockFactory,  # noqa: F811 - pytest passes the fixture imported above
+) -> Callable[[float], Any]:
     """``async with make_bank(min_interval_s) as b``: a bank running its loop, on the
     mock pins ``factory`` installed as gpiozero's default."""
     del factory
