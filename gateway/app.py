@@ -35,8 +35,8 @@ from gateway.hotspots import HotspotMonitor
 from gateway.hotspots.demo import with_web_port
 from gateway.link import Link
 from gateway.log import get_logger, set_level
-from gateway.looplag import LoopLag
 from gateway.logupload import LogUploader
+from gateway.looplag import LoopLag
 from gateway.metrics import build_registry
 from gateway.mqtt import Topics
 from gateway.outbox import Outbox
@@ -208,6 +208,7 @@ class App:
             self.control.open(self.dispatcher.dispatch)
         except RelayError as exc:
             raise StartupError.single("relays", str(exc)) from exc
+        self.pa.open()
         self.components = [
             self.control.relays,
             self.control.scheduler,

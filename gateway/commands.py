@@ -731,19 +731,24 @@ class Dispatcher:
         records += [("events", e) for e in events]
         if reply_up:
             records.append(("replies", reply.as_dict()))
+        answered = None
+        if reply_up and reply.id is not None and reply.status != "accepted":
+            reply_id = reply.id
+
+            def answered(seq: int) -> None:
+                # In the loop, before the uplink can see the reply: a crash after its
+                # publish must not run the command again.
+                self._journal.answered(reply_id)
+
         try:
-            commit = self._outbox.append_now(records)
+            commit = self._outbox.append_now(records, on_stored=answered)
         except (RuntimeError, ValueError) as exc:  # closed, or a record too large
             _log.error("command.not_stored", id=reply.id, error=str(exc))
             return _done()
-        return self._stored(commit, reply, reply_up, [event, *events])
+        return self._stored(commit, reply, [event, *events])
 
     async def _stored(
-        self,
-        commit: Awaitable[list[int]],
-        reply: Reply,
-        reply_up: bool,
-        events: list[dict[str, Any]],
+        self, commit: Awaitable[list[int]], reply: Reply, events: list[dict[str, Any]]
     ) -> None:
         try:
             seqs = await commit
@@ -752,8 +757,6 @@ class Dispatcher:
             # record of it is missing. The caller still gets the true reply.
             _log.error("command.not_stored", id=reply.id, status=reply.status, error=str(exc))
             return
-        if reply_up and reply.id is not None and reply.status != "accepted":
-            self._journal.answered(reply.id)
         for event, seq in zip(events, seqs, strict=False):
             self._events.stored(event, seq)
 

@@ -15,10 +15,15 @@ particular to MQTT, settled before the Dispatcher sees it.
 - **Durable in.** :meth:`Downlink.__call__` returns once the Dispatcher has claimed the
   command durably (its id and bytes in the journal); only then does the link send the
   PUBACK. A crash before leaves the message with the broker, which delivers it again.
+- **Bounded.** At most ``MAX_RUNNING`` commands from MQTT run (or wait for their lane)
+  at once; past that the next one is neither claimed nor acknowledged until one ends,
+  so a burst waits at the broker (whose Receive Maximum stops it sending more), not in
+  this process's memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +33,7 @@ from gateway.commands import (
     CommandError,
     Dispatcher,
     Redelivered,
+    Reply,
     TokenBucket,
     command_id_of,
     decode,
@@ -39,6 +45,9 @@ from gateway.mqtt import Topics
 __all__ = ["Downlink"]
 
 _log = get_logger("downlink")
+
+MAX_RUNNING = 32
+"""Commands from MQTT claimed but not answered yet, before the link stops reading."""
 
 _FLOOD_REPORT_S = 10.0
 """At most one log line this often about refusals dropped past their bucket."""
@@ -70,14 +79,30 @@ class Downlink:
         """Refusals not answered because their sender was past its rate limit."""
         self._reported_at = -_FLOOD_REPORT_S
         self._unreported = 0
+        self._slots = asyncio.Semaphore(MAX_RUNNING)
 
-    def __call__(self, topic: str, payload: bytes, retained: bool) -> None:
+    async def __call__(self, topic: str, payload: bytes, retained: bool) -> None:
         """Handle one message from ``P/ID/cmd`` or ``P/group/G/cmd``; returns once the
         link may acknowledge it. Raises if it could not be claimed (the link then does
         not acknowledge it, and the broker keeps it)."""
+        await self._slots.acquire()
+        try:
+            running = self._admit(topic, payload, retained)
+        except BaseException:
+            self._slots.release()
+            raise
+        if running is None:
+            self._slots.release()
+        else:
+            running.add_done_callback(lambda _: self._slots.release())
+
+    def _admit(  # noqa: PLR0911 - one return per way a message is settled
+        self, topic: str, payload: bytes, retained: bool
+    ) -> asyncio.Future[Reply] | None:
+        """Filter, check and submit; the running command, or None if none was started."""
         if topic != self._own and topic not in self._groups:
             _log.info("command.foreign_topic_ignored", topic=topic)
-            return
+            return None
         if retained:
             _log.warning(
                 "command.retained_ignored",
@@ -86,18 +111,18 @@ class Downlink:
                 note="a retained command would run again at every reconnect; publish "
                 "commands without the retain flag",
             )
-            return
+            return None
         try:
             data = decode(payload, self._dispatcher.max_bytes)
         except CommandError as exc:
             self._refuse(exc, "junk")
-            return
+            return None
         kind = "unsigned"
         if self._key is not None:
             problem = self._signature_problem(data)
             if problem is not None:
                 self._refuse(problem, "junk")
-                return
+                return None
             kind = "signed"
         if not self._buckets[kind].allow():
             refusal = CommandError(
@@ -106,11 +131,12 @@ class Downlink:
                 command_id=command_id_of(data),
             )
             self._refuse(refusal, "junk")
-            return
+            return None
         try:
-            self._dispatcher.submit(payload, "mqtt", reply_up=True, durable=True)
+            return self._dispatcher.submit(payload, "mqtt", reply_up=True, durable=True)
         except Redelivered as again:
             _log.info("command.redelivered", id=again.command_id)
+            return None
 
     def _signature_problem(self, data: Mapping[str, Any]) -> CommandError | None:
         assert self._key is not None  # noqa: S101 - only called with a key

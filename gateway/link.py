@@ -18,7 +18,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ __all__ = ["CommandHandler", "Link", "LinkStats", "TokenBucket", "full_jitter"]
 
 _log = get_logger("link")
 
-CommandHandler = Callable[[str, bytes, bool], None]
+CommandHandler = Callable[[str, bytes, bool], Awaitable[None]]
 """Called with (topic, payload, retained) for each message on a command topic; returns
 once the command is claimed durably (then the link sends its PUBACK), raises if it could
 not be (no PUBACK: the broker keeps the message and delivers it again)."""
@@ -307,7 +307,7 @@ class Link(Component):
                 )
             else:
                 try:
-                    self._on_command(message.topic.value, raw, message.retain)
+                    await self._on_command(message.topic.value, raw, message.retain)
                 except Exception as exc:
                     _log.error(
                         "link.command_not_claimed",

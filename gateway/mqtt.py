@@ -95,7 +95,6 @@ def make_client(
         made = client(
             protocol=aiomqtt.ProtocolVersion.V311,
             clean_session=not persistent_session,
-            max_queued_incoming_messages=_QUEUE_BOUND if manual_ack else None,
         )
     else:
         properties: Properties | None = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -112,7 +111,6 @@ def make_client(
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=not persistent_session,
             properties=properties,
-            max_queued_incoming_messages=_QUEUE_BOUND if manual_ack else None,
         )
     if manual_ack:
         # aiomqtt has no API for this yet (its issue #345); paho 2 has, on the client
@@ -121,9 +119,11 @@ def make_client(
     return made
 
 
-_QUEUE_BOUND = 1000
-"""aiomqtt's queue of received messages, with manual acknowledgements: far above what
-the broker sends unacknowledged, so it never discards one; a bound all the same."""
+# aiomqtt's own queue of received messages stays unbounded on purpose: a message it
+# discarded would never be acknowledged, and the broker would not send it again before
+# the next connection (the session stalls). Memory is bounded by Maximum Packet Size per
+# message and by the Receive Maximum, as far as the broker honours it (mosquitto 2.0 was
+# seen sending past it while PUBACKs flowed; docs/architecture.md).
 
 
 def acknowledge(client: aiomqtt.Client, message: aiomqtt.Message) -> None:

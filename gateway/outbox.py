@@ -350,6 +350,14 @@ class Outbox:
         self._tails: dict[Stream, _Tail] = {name: _Tail() for name in STREAMS}
         self._inserted: dict[Stream, list[tuple[int, float, str]]] = {}
         """The rows of the transaction being committed (writer thread only)."""
+        self._fresh: list[tuple[dict[Stream, list[tuple[int, float, str]]], set[Stream]]] = []
+        """Committed rows (and streams that dropped records) not yet made visible to
+        readers; handed from the writer thread to the loop with the commit's notice."""
+        self._fresh_lock = threading.Lock()
+        self._visible = dict.fromkeys(STREAMS, 0)
+        """Per stream, the newest seq readers may see: set in the event loop only after
+        the commit's waiters and callbacks ran, so that what a command's ``on_stored``
+        records (its journal entry closed) happens before its reply can be published."""
         self._writer: threading.Thread | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read")
         self._read_conn: sqlite3.Connection | None = None
@@ -448,6 +456,7 @@ class Outbox:
                     (stream_id,),
                 ).fetchone()
                 self._last_seq[stream], self._depth[stream], self._bytes[stream] = row[:3]
+                self._visible[stream] = self._last_seq[stream]
                 self._dropped[stream], self._delivered[stream] = row[3:]
                 self._delivered_bytes[stream] = conn.execute(
                     f"SELECT COALESCE(SUM(LENGTH(body)), 0) FROM {_TABLE[stream]} "  # noqa: S608
@@ -511,7 +520,10 @@ class Outbox:
         return await future
 
     def append_now(
-        self, records: Sequence[tuple[Stream, dict[str, Any]]]
+        self,
+        records: Sequence[tuple[Stream, dict[str, Any]]],
+        *,
+        on_stored: Callable[[int], None] | None = None,
     ) -> asyncio.Future[list[int]]:
         """Store ``records`` in one transaction, at once; the future gives their seqs
         once committed.
@@ -520,7 +532,8 @@ class Outbox:
         group-commit window. The records are queued before this returns (so calls keep
         their order); the writer thread commits (the event loop never waits for the
         disk), older waiting records first. Raises ValueError for a record too large and
-        RuntimeError once closed.
+        RuntimeError once closed. ``on_stored`` is called in the event loop with the last
+        record's seq once committed, before any reader can see the records.
         """
         loop = asyncio.get_running_loop()
         last = len(records) - 1
@@ -528,6 +541,8 @@ class Outbox:
             self._encode(stream, record, urgent=n == last, waiter=loop.create_future())
             for n, (stream, record) in enumerate(records)
         ]
+        if ops:
+            ops[-1].on_stored = on_stored
         self._pending.add_many(ops)
         return asyncio.gather(*(op.waiter for op in ops if op.waiter is not None))
 
@@ -638,11 +653,8 @@ class Outbox:
                 ],
             )
             conn.execute("COMMIT")
-            for stream, stream_rows in self._inserted.items():
-                if stream in dropped:
-                    self._tails[stream].clear()
-                elif stream_rows:
-                    self._tails[stream].extend(stream_rows)
+            with self._fresh_lock:
+                self._fresh.append((self._inserted, set(dropped)))
         except sqlite3.Error as exc:
             # SQLite may have rolled back already (disk full, I/O error): a second
             # ROLLBACK would raise and take the writer thread down with it.
@@ -850,6 +862,16 @@ class Outbox:
                 future.set_exception(OSError("the outbox could not commit the record"))
             else:
                 future.set_result(seq)
+        with self._fresh_lock:
+            fresh, self._fresh = self._fresh, []
+        for rows, dropped in fresh:
+            for stream, stream_rows in rows.items():
+                if stream in dropped:
+                    self._tails[stream].clear()
+                elif stream_rows:
+                    self._tails[stream].extend(stream_rows)
+                if stream_rows:
+                    self._visible[stream] = max(self._visible[stream], stream_rows[-1][0])
         if added:
             self._bump_version()
 
@@ -885,6 +907,9 @@ class Outbox:
         from the file in the reader thread.
         """
         after_seq = max(after_seq, self._delivered[stream])
+        max_records = min(max_records, self._visible[stream] - after_seq)
+        if max_records <= 0:
+            return None
         fresh = self._tails[stream].read(after_seq, max_records, max_bytes)
         if fresh:
             return Batch(stream, fresh[0][0], fresh[-1][0], tuple(body for _, body in fresh))
@@ -963,7 +988,7 @@ class Outbox:
 
         Lets a reader skip asking the reader thread when nothing new was committed.
         """
-        return self._last_seq[stream]
+        return self._visible[stream]
 
     # -- statistics and closing -------------------------------------------------------
 

@@ -112,6 +112,9 @@ async def test_bad_payloads_over_mqtt_get_their_replies(
             qos=1,
         )
         await commune.publish(cmd, b'{"id": "d-1", "type": "system.ping", "args": {}}', qos=1)
+        # The same id with other bytes is a duplicate; the very same bytes again (a
+        # broker's redelivery) are not answered twice.
+        await commune.publish(cmd, b'{"id": "d-1", "type": "system.ping", "args": {} }', qos=1)
         await commune.publish(cmd, b'{"id": "d-1", "type": "system.ping", "args": {}}', qos=1)
         # Commands run in arrival order: once the last one is answered, a reply to any
         # of the ignored ones would have come before it.
@@ -124,6 +127,8 @@ async def test_bad_payloads_over_mqtt_get_their_replies(
     assert ("u-1", "rejected", "unknown_type") in codes
     assert ("d-1", "done", None) in codes
     assert ("d-1", "duplicate", "duplicate") in codes
+    assert [c for c in codes if c[0] == "d-1"].count(("d-1", "done", None)) == 1
+    assert len([c for c in codes if c[0] == "d-1"]) == 2
     assert all(r["id"] not in {"r-1", "f-1"} for r in replies)
     assert len(replies) == 6
     lines = daemon.log_lines()

@@ -216,7 +216,7 @@ async def test_command_sent_while_away_arrives_after_reconnect(
     settings, gateway = settings_for(config_file, broker)
     received: list[tuple[str, bytes]] = []
 
-    def on_command(topic: str, payload: bytes, retained: bool) -> None:
+    async def on_command(topic: str, payload: bytes, retained: bool) -> None:
         received.append((topic, payload))
 
     outbox = await Outbox.open(tmp_path / "link-state", commit_window_s=0.01)
