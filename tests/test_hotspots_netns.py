@@ -36,7 +36,7 @@ _CHILD = textwrap.dedent("""\
     async def main():
         events = []
 
-        async def sink(event):
+        def sink(event):
             events.append(event)
 
         hotspot = HotspotConfig(host="127.0.0.1", probes=[IcmpProbe(kind="icmp")])
@@ -117,7 +117,7 @@ _LOSSY_CHILD = textwrap.dedent("""\
     from gateway.state import StateStore
 
     async def main():
-        async def sink(event):
+        def sink(event):
             pass
 
         far = os.environ["FAR"]
