@@ -468,18 +468,20 @@ class Dispatcher:
         *,
         reply_up: bool = False,
         durable: bool = False,
+        decoded: dict[str, Any] | None = None,
     ) -> asyncio.Future[Reply]:
         """Admit one command now, run it soon; the future resolves to its final Reply.
 
         Everything that decides whether it runs happens before this returns: decoding,
         validation, the ttl, and the claim of its id. With ``durable`` the command itself
         is kept in the journal until its reply is stored, so the caller may acknowledge
-        it to its sender as soon as this returns (MQTT: the PUBACK).
+        it to its sender as soon as this returns (MQTT: the PUBACK). ``decoded`` is
+        ``payload`` already parsed by the adapter (it is not parsed twice).
         """
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
-            data = self._decode(payload)
+            data = decoded if decoded is not None else self._decode(payload)
             command, args = self._validate(data)
         except CommandError as exc:
             reply = Reply(exc.command_id, "rejected", None, exc.key, str(exc))

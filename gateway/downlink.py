@@ -133,7 +133,9 @@ class Downlink:
             self._refuse(refusal, "junk")
             return None
         try:
-            return self._dispatcher.submit(payload, "mqtt", reply_up=True, durable=True)
+            return self._dispatcher.submit(
+                payload, "mqtt", reply_up=True, durable=True, decoded=data
+            )
         except Redelivered as again:
             _log.info("command.redelivered", id=again.command_id)
             return None

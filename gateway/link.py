@@ -125,6 +125,9 @@ def full_jitter(failures: int, *, cap_s: float, rng: random.Random) -> float:
     return max(0.5, rng.uniform(0, min(cap_s, 2.0**failures)))
 
 
+STATE_LINGER_S = 0.05
+"""How long a changed snapshot waits before it is published (see Link._publish_state)."""
+
 BATCH_LINGER_S = 0.05
 """After an idle spell, how long events, telemetry and logs wait to gather a batch."""
 
@@ -319,9 +322,18 @@ class Link(Component):
             acknowledge(client, message)
 
     async def _publish_state(self, client: aiomqtt.Client) -> None:
-        """Republish every snapshot after connecting, then each change."""
+        """Republish every snapshot after connecting, then each change.
+
+        A change is published ``STATE_LINGER_S`` after it happened: the reply of the
+        command that made it goes out first (the commune waits for that one), and a burst
+        of changes becomes one retained message per component.
+        """
         seen: dict[str, int] = {}
+        first = True
         while True:
+            if not first:
+                await asyncio.sleep(STATE_LINGER_S)
+            first = False
             versions = self._state.versions()
             for component, version in versions.items():
                 if seen.get(component) != version:

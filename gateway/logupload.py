@@ -43,6 +43,10 @@ def _truncate(value: object) -> object:
     return f"{text[:MAX_FIELD_CHARS]}…[truncated {len(text) - MAX_FIELD_CHARS} chars]"
 
 
+_LEVELS = logging.getLevelNamesMapping()
+"""Level names to numbers, once: the stdlib hands out a fresh copy at every call."""
+
+
 class LogUploader:
     """The processor; thread-safe, never raises, never changes the line it sees."""
 
@@ -76,7 +80,7 @@ class LogUploader:
                     outbox.append_nowait("logs", self._early.popleft())
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        level = logging.getLevelNamesMapping().get(str(event_dict.get("level", "")).upper(), 0)
+        level = _LEVELS.get(str(event_dict.get("level", "")).upper(), 0)
         # ``local_only=True`` marks a line for the journal alone (the web setup code).
         if level >= self._threshold and not event_dict.get(LOCAL_ONLY):
             with contextlib.suppress(Exception):  # logging must never break the caller

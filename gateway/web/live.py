@@ -118,6 +118,12 @@ class LiveHub:
             {"kind": "state", "component": component, "snapshot": snapshot}, logs_only=False
         )
 
+    @property
+    def watching(self) -> bool:
+        """Whether any page is open; read from any thread (a line logged just as the
+        first page opens may be missed, which a live view can afford)."""
+        return bool(self._pages)
+
     def log(self, record: Mapping[str, Any]) -> None:
         """Push a log line to the pages of logged-in operators."""
         self._fan_out({"kind": "log", "record": record}, logs_only=True)
@@ -199,6 +205,10 @@ def _short(value: object) -> object:
     return f"{text[:_MAX_FIELD_CHARS]}…"
 
 
+_LEVELS = logging.getLevelNamesMapping()
+"""Level names to numbers, once: the stdlib hands out a fresh copy at every call."""
+
+
 class LogTap:
     """A structlog processor that copies INFO-and-up lines to a :class:`LiveHub`.
 
@@ -220,11 +230,14 @@ class LogTap:
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         hub, loop = self._hub, self._loop
-        if hub is None or loop is None:
+        # With no page open (nearly always) a line costs nothing here: before, every
+        # line was copied and handed over through the loop's self-pipe (a syscall and a
+        # wake-up of the loop per line, a third of a logged command's cost).
+        if hub is None or loop is None or not hub.watching:
             return event_dict
         with contextlib.suppress(Exception):  # logging must never break the caller
             name = str(event_dict.get("level", "")).upper()
-            level = logging.getLevelNamesMapping().get(name, 0)
+            level = _LEVELS.get(name, 0)
             if level >= self._level and event_dict.get("event") not in _PRIVATE_EVENTS:
                 record = {k: _short(v) for k, v in event_dict.items() if not str(k).startswith("_")}
                 loop.call_soon_threadsafe(hub.log, record)
