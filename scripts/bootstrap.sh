@@ -22,6 +22,7 @@ DEBIAN_PACKAGES=(
   libasound2-plugins # the ALSA `pulse` plugin that feeds that sink
   chromium          # the browser that Playwright drives in the web UI tests
   libsndfile1       # PA decoder, used by soundfile when pip picks its wheel without one (docs/audio.md)
+  strace            # `make bench`: slows every fsync to an SD card's pace (bench_slow_disk)
 )
 
 PYTHON="${PYTHON:-python3}"
