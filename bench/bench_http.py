@@ -15,8 +15,8 @@ import aiohttp
 from aiohttp import web
 
 from bench.common import latencies, p
-from gateway.app import App
 from gateway.config import load_settings
+from gateway.daemon.app import App
 
 REQUESTS = 2_000
 

@@ -99,7 +99,7 @@ def _lag_figure(lag: float | None, bare_lag: float | None) -> str:
     if lag is None:
         return (
             "loop lag: vg_loop_lag_seconds is not in the daemon's /metrics"
-            f" (LoopLag not wired into gateway/app.py yet); {bare}"
+            f" (LoopLag not wired into gateway/daemon/app.py yet); {bare}"
         )
     ratio = f" -> {lag / bare_lag:.1f}x" if bare_lag else ""
     return f"loop lag p99 {ms(lag)} (target <= {ms(TARGET_LAG_S)}) vs {bare}{ratio}"

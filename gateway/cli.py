@@ -84,7 +84,7 @@ def _check_config(path: Path) -> int:
 
 def _run(config: Path | None, *, demo: bool) -> int:
     # Imported here so `check-config` and `version` stay fast and need no hardware libs.
-    from gateway.app import App  # noqa: PLC0415
+    from gateway.daemon.app import App  # noqa: PLC0415
     from gateway.log import configure_logging, get_logger  # noqa: PLC0415
     from gateway.logupload import LogUploader  # noqa: PLC0415
     from gateway.web.live import LOG_TAP  # noqa: PLC0415

@@ -31,7 +31,7 @@ from gpiozero.pins.mock import MockConnectedPin, MockFactory
 
 from gateway.component import Health
 from gateway.config import RelayConfig
-from gateway.relays import RelayBank
+from gateway.lighting.bank import RelayBank
 from gateway.state import StateStore
 
 DEFAULT_PAIRS = "17:5,27:6,22:13,23:19"

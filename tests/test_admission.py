@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from gateway.app import App
 from gateway.commands import Dispatcher, Source, sign
 from gateway.config import load_settings
+from gateway.daemon.app import App
 from gateway.downlink import Downlink
 from gateway.events import EventHub
 from gateway.mqtt import Topics

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from gateway.app import App, changed_keys
 from gateway.component import Backoff, Component, Health
 from gateway.config import load_settings
+from gateway.daemon.app import App, changed_keys
 from gateway.systemd import Notifier
 from tests.conftest import ConfigFile
 

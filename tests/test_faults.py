@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from gateway.app import App
 from gateway.component import Backoff, Health
 from gateway.config import Settings, load_settings
+from gateway.daemon.app import App
 from gateway.link import Link
 from gateway.outbox import Outbox
 from gateway.state import StateStore

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.app import App
 from gateway.config import load_settings
+from gateway.daemon.app import App
 from gateway.hotspots.demo import WEB_PORT
 from tests.conftest import ConfigFile, free_port
 from tests.test_app import FAST, running, wait_for

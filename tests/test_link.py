@@ -18,9 +18,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.app import App
 from gateway.component import Backoff, Health
 from gateway.config import Settings, load_settings
+from gateway.daemon.app import App
 from gateway.link import Link, TokenBucket, full_jitter
 from gateway.outbox import Outbox
 from gateway.schemas import Batch as BatchSchema

@@ -1,6 +1,6 @@
 """The amplifier's relay, switched through the relay bank's narrow port (``drive``).
 
-A real :class:`~gateway.relays.RelayBank` on gpiozero's MockFactory, its run loop going,
+A real :class:`~gateway.lighting.bank.RelayBank` on gpiozero's MockFactory, its run loop going,
 so the bank's own rules (the minimum interval between switches) apply: the amplifier
 must wait for a deferred switch to happen, and never trust a line that is about to go
 off.
@@ -21,8 +21,8 @@ from gpiozero.pins.mock import MockFactory
 
 from gateway.component import Health
 from gateway.config import RelayConfig
+from gateway.lighting.bank import RelayBank
 from gateway.pa.amplifier import Amplifier
-from gateway.relays import RelayBank
 from gateway.state import StateStore
 from tests.test_app import wait_for
 from tests.test_relays import factory  # noqa: F401 - the fixture: mock pins as gpiozero's default

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.app import App
 from gateway.config import load_settings
+from gateway.daemon.app import App
 from tests.conftest import Broker, ConfigFile, Daemon
 from tests.test_app import running, wait_for
 from tests.test_downlink import daemon_on, send

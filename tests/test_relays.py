@@ -27,7 +27,7 @@ from gpiozero.pins.mock import MockFactory, MockPin
 
 from gateway.component import Health
 from gateway.config import RelayConfig
-from gateway.relays import RelayBank, RelayError
+from gateway.lighting.bank import RelayBank, RelayError
 from gateway.state import StateStore
 
 _ORDER = itertools.count()

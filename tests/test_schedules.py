@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from gateway.component import Health
 from gateway.config import BroadcastSchedule, RelaySchedule, SchedulesSection
-from gateway.schedules import (
+from gateway.lighting.schedules import (
     ScheduleError,
     Scheduler,
     Sun,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import App
 from gateway.component import Backoff
 from gateway.config import load_settings
+from gateway.daemon.app import App
 from gateway.systemd import Notifier, watchdog_interval
 from tests.conftest import ConfigFile, Daemon, clean_env
 from tests.test_app import Counting, running, wait_for

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import App
 from gateway.config import load_settings
+from gateway.daemon.app import App
 from gateway.log import configure_logging, get_logger
 from gateway.web.auth import PasswordFile
 from gateway.web.live import LOG_TAP

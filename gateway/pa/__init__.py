@@ -47,7 +47,7 @@ from gateway.pa.player import Source as PcmReader
 from gateway.state import StateStore
 
 if TYPE_CHECKING:
-    from gateway.relays import RelayBank
+    from gateway.lighting.bank import RelayBank
 
 __all__ = ["PublicAddress"]
 

@@ -1,7 +1,7 @@
 """The amplifier's power relay: on before the first sample, off after a silence.
 
 The amplifier powers itself through a narrow port of the relay bank,
-:meth:`gateway.relays.RelayBank.drive` (source ``pa``): the bank's rules (minimum
+:meth:`gateway.lighting.bank.RelayBank.drive` (source ``pa``): the bank's rules (minimum
 interval, interlock) still hold and every switch is a ``relay.switched`` event and shows
 in ``state/relays``, but no command goes through the Dispatcher, so the amplifier never
 waits behind another command and an emergency never waits behind the amplifier.
@@ -33,7 +33,7 @@ _CONFIRM_S = 5.0
 
 
 class RelayPort(Protocol):
-    """What the amplifier needs of the relay bank (:class:`gateway.relays.RelayBank`)."""
+    """What the amplifier needs of the relay bank (:class:`gateway.lighting.bank.RelayBank`)."""
 
     async def drive(self, name: str, on: bool, *, source: str, timeout_s: float = 5.0) -> bool:
         """Switch and wait until the line changed; False if it did not in ``timeout_s``."""

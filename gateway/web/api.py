@@ -41,7 +41,7 @@ STATE_CACHE_S = 0.5
 
 
 class SchedulerLike(Protocol):
-    """What the state needs of ``gateway.schedules.Scheduler``: the lists in force."""
+    """What the state needs of ``gateway.lighting.schedules.Scheduler``: the lists in force."""
 
     @property
     def relays(self) -> Sequence[BaseModel]: ...

@@ -26,8 +26,8 @@ from gateway.commands import (
 )
 from gateway.component import EventSink
 from gateway.config import BroadcastSchedule, Settings
-from gateway.relays import RelayBank, RelayError
-from gateway.schedules import ScheduleError, Scheduler
+from gateway.lighting.bank import RelayBank, RelayError
+from gateway.lighting.schedules import ScheduleError, Scheduler
 from gateway.state import StateStore
 from gateway.system import clock_synced
 

@@ -37,21 +37,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final
 
 from gateway.clock import now_iso
 from gateway.files import write_atomic
 from gateway.log import get_logger
+from gateway.outbox.pending import Ack, Append, Assigned, Flush, Pending
+from gateway.outbox.records import (
+    DELIVERY_ORDER,
+    DROP_ORDER,
+    STREAMS,
+    Batch,
+    OutboxStats,
+    Stream,
+    encode_record,
+)
+from gateway.outbox.tail import Tail
 
 __all__ = [
     "DELIVERY_ORDER",
@@ -60,20 +68,12 @@ __all__ = [
     "Outbox",
     "OutboxStats",
     "Stream",
+    "encode_record",
 ]
-
-Stream = Literal["replies", "events", "telemetry", "logs"]
-STREAMS: Final[tuple[Stream, ...]] = get_args(Stream)
-DELIVERY_ORDER: Final[tuple[Stream, ...]] = ("replies", "events", "telemetry", "logs")
-"""Which stream the uplink drains first: a reply never waits behind 100k log lines."""
-DROP_ORDER: Final[tuple[Stream, ...]] = ("logs", "telemetry", "events", "replies")
-"""Which stream gives way first when the outbox is full."""
 
 _STREAM_ID: Final[dict[Stream, int]] = {name: i for i, name in enumerate(STREAMS)}
 _DB_NAME = "outbox.db"
 _EPOCH_NAME = "outbox.epoch"
-_MAX_GROUP = 5000
-"""At most this many operations share one transaction."""
 _DISK_OVERHEAD = 1.35
 """Pages, B-tree and WAL around the payload: the byte budget is max_bytes / this."""
 _DROP_REPORT_INTERVAL_S = 10.0
@@ -102,229 +102,6 @@ CREATE TABLE IF NOT EXISTS counters (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Consecutive records of one stream, ready to publish as one message."""
-
-    stream: Stream
-    first_seq: int
-    last_seq: int
-    bodies: tuple[str, ...]
-
-    def payload(self, gateway: str, epoch: int) -> bytes:
-        """The batch message of PROTOCOL.md, built from the stored JSON without parsing."""
-        head = json.dumps({"gateway": gateway, "stream": self.stream, "epoch": epoch})
-        return f'{head[:-1]}, "records": [{",".join(self.bodies)}]}}'.encode()
-
-
-@dataclass(slots=True)
-class OutboxStats:
-    """What the ``system`` state and ``/metrics`` show about the outbox."""
-
-    depth: dict[Stream, int] = field(default_factory=dict)
-    bytes: dict[Stream, int] = field(default_factory=dict)
-    dropped: dict[Stream, int] = field(default_factory=dict)
-    last_seq: dict[Stream, int] = field(default_factory=dict)
-    oldest_age_s: float | None = None
-    disk_bytes: int = 0
-    epoch: int = 1
-    appended: int = 0
-    commits: int = 0
-
-    def total_depth(self) -> int:
-        """Records waiting, all streams together."""
-        return sum(self.depth.values())
-
-
-@dataclass(slots=True)
-class _Append:
-    stream: Stream
-    fields: str
-    """The record as JSON text *without* its seq, e.g. ``{"ts": ..., "type": ...}``."""
-    urgent: bool
-    waiter: asyncio.Future[int] | None
-    """Resolved in the event loop with the record's seq once it is committed."""
-    on_stored: Callable[[int], None] | None = None
-    """Called in the event loop with the record's seq once it is committed."""
-
-
-@dataclass(slots=True)
-class _Ack:
-    stream: Stream
-    first_seq: int
-    last_seq: int
-
-
-@dataclass(slots=True)
-class _Flush:
-    done: Callable[[], None]
-
-
-_TAIL_RECORDS = 256
-"""Newest committed records kept in memory per stream for the uplink (see _Tail)."""
-
-Assigned = list[tuple[_Append, int]]
-"""Per committed append: the append and its seq, -1 if the commit failed."""
-
-
-class _Tail:
-    """The newest committed records of one stream, in memory: what the uplink reads next
-    is almost always here, and reading it costs no hop to the reader thread.
-
-    Filled by the writer thread right after each COMMIT, read on the event loop, hence
-    the lock. A drop of old records clears it (what it holds may be gone from the file).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._records: deque[tuple[int, str]] = deque(maxlen=_TAIL_RECORDS)
-
-    def extend(self, rows: list[tuple[int, float, str]]) -> None:
-        with self._lock:
-            self._records.extend((seq, body) for seq, _, body in rows)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._records.clear()
-
-    def read(
-        self, after_seq: int, max_records: int, max_bytes: int
-    ) -> list[tuple[int, str]] | None:
-        """Records after ``after_seq`` if the tail holds the very next one, else None."""
-        with self._lock:
-            if not self._records or self._records[0][0] > after_seq + 1:
-                return None
-            taken: list[tuple[int, str]] = []
-            total = 0
-            for seq, body in self._records:
-                if seq <= after_seq:
-                    continue
-                if len(taken) >= max_records or (taken and total + len(body) > max_bytes):
-                    break
-                taken.append((seq, body))
-                total += len(body)
-            return taken
-
-
-class _Pending:
-    """What waits for a commit, shared by the writer thread and commits on the loop.
-
-    Whoever commits takes the oldest operations while holding the connection lock, so
-    records are committed (and numbered) in the order they were appended, whichever
-    thread commits them. The writer is woken only when it has something to decide: the
-    first operation after an idle spell (to start the window), an urgent one, a full
-    group, acknowledgements left waiting, or the stop.
-    """
-
-    def __init__(self, window_s: float, group_bytes: int) -> None:
-        self._window = window_s
-        self._group_bytes = group_bytes
-        self._changed = threading.Condition(threading.Lock())
-        self._ops: list[_Append | _Flush] = []
-        self._bytes = 0
-        self._urgent = False
-        self._since = 0.0
-        """When the oldest waiting operation came: the window runs from there."""
-        self._acks: list[_Ack] = []
-        self._acks_due = False
-        self.stopping = False
-
-    def add(self, op: _Append | _Flush) -> None:
-        """Queue ``op``; from any thread."""
-        size = len(op.fields) if isinstance(op, _Append) else 0
-        urgent = isinstance(op, _Append) and op.urgent
-        with self._changed:
-            wake = not self._ops or urgent
-            if not self._ops:
-                self._since = time.monotonic()
-            self._ops.append(op)
-            self._bytes += size
-            self._urgent = self._urgent or urgent
-            if wake or self._full():
-                self._changed.notify()
-
-    def add_many(self, ops: Sequence[_Append]) -> None:
-        """Queue ``ops`` together (one command's records); from any thread."""
-        with self._changed:
-            if not self._ops:
-                self._since = time.monotonic()
-            self._ops.extend(ops)
-            self._bytes += sum(len(op.fields) for op in ops)
-            self._urgent = self._urgent or any(op.urgent for op in ops)
-            self._changed.notify()
-
-    def add_ack(self, ack: _Ack) -> None:
-        """Keep ``ack`` for the next commit, whoever makes it; wakes nobody."""
-        with self._changed:
-            self._acks.append(ack)
-
-    def acks_due(self) -> None:
-        """Acknowledgements have waited long enough: have the writer commit them."""
-        with self._changed:
-            if self._acks:
-                self._acks_due = True
-                self._changed.notify()
-
-    def stop(self) -> None:
-        """Have the writer commit everything left, then end."""
-        with self._changed:
-            self.stopping = True
-            self._changed.notify()
-
-    def wait_until_due(self) -> None:
-        """In the writer: block until a commit is due (window over, urgent, full, …)."""
-        with self._changed:
-            while (delay := self._delay()) != 0:
-                self._changed.wait(delay)
-
-    def _delay(self) -> float | None:
-        if self.stopping or self._acks_due:
-            return 0
-        if not self._ops:
-            return None
-        if self._urgent or self._full():
-            return 0
-        return max(0.0, self._since + self._window - time.monotonic())
-
-    def _full(self) -> bool:
-        return len(self._ops) >= _MAX_GROUP or self._bytes >= self._group_bytes
-
-    def take(self) -> tuple[list[_Append | _Flush], list[_Ack]]:
-        """The oldest operations for one transaction, and every acknowledgement waiting.
-        Call it holding the connection lock.
-
-        A transaction holds at most a twentieth of the byte budget, so the file never
-        grows far past the budget before the drop policy runs at its end.
-        """
-        with self._changed:
-            count, size = 0, 0
-            for op in self._ops:
-                if count >= _MAX_GROUP or (count and size >= self._group_bytes):
-                    break
-                count += 1
-                size += len(op.fields) if isinstance(op, _Append) else 0
-            ops = self._ops[:count]
-            del self._ops[:count]
-            self._bytes -= size
-            self._urgent = any(isinstance(op, _Append) and op.urgent for op in self._ops)
-            return ops, self._take_acks()
-
-    def _take_acks(self) -> list[_Ack]:
-        acks, self._acks = self._acks, []
-        self._acks_due = False
-        return acks
-
-    def empty(self) -> bool:
-        """Nothing left to commit."""
-        with self._changed:
-            return not self._ops and not self._acks
-
-
-def encode_record(record: dict[str, Any]) -> str:
-    """JSON text of a record; values JSON cannot hold become their ``repr``."""
-    return json.dumps(record, ensure_ascii=False, default=repr, separators=(",", ":"))
-
-
 class Outbox:
     """A durable, bounded, ordered queue of records per stream. Use :meth:`open`."""
 
@@ -344,10 +121,10 @@ class Outbox:
         self.max_record_bytes = max(1024, self._budget // 8)
         self._window = commit_window_s
         self._clock = clock
-        self._pending = _Pending(commit_window_s, self._group_bytes)
+        self._pending = Pending(commit_window_s, self._group_bytes)
         self._ack_timer: asyncio.TimerHandle | None = None
         self._write_conn: sqlite3.Connection | None = None
-        self._tails: dict[Stream, _Tail] = {name: _Tail() for name in STREAMS}
+        self._tails: dict[Stream, Tail] = {name: Tail() for name in STREAMS}
         self._inserted: dict[Stream, list[tuple[int, float, str]]] = {}
         """The rows of the transaction being committed (writer thread only)."""
         self._fresh: list[tuple[dict[Stream, list[tuple[int, float, str]]], set[Stream]]] = []
@@ -567,7 +344,7 @@ class Outbox:
         *,
         urgent: bool,
         waiter: asyncio.Future[int] | None,
-    ) -> _Append:
+    ) -> Append:
         if self._closed:
             raise RuntimeError("the outbox is closed")
         if stream not in _STREAM_ID:
@@ -580,7 +357,7 @@ class Outbox:
                 f"record of {len(fields)} bytes is larger than the outbox takes "
                 f"({self.max_record_bytes} bytes with outbox.max_mb = {self.max_bytes / 1e6:g})"
             )
-        return _Append(stream, fields, urgent, waiter)
+        return Append(stream, fields, urgent, waiter)
 
     # -- the writer thread ------------------------------------------------------------
 
@@ -604,7 +381,7 @@ class Outbox:
             self._loop.call_soon_threadsafe(self._committed, assigned)
 
     def _commit(
-        self, conn: sqlite3.Connection, ops: list[_Append | _Flush], acks: list[_Ack]
+        self, conn: sqlite3.Connection, ops: list[Append | Flush], acks: list[Ack]
     ) -> Assigned:
         """One transaction; never raises (a failure comes back as seq -1 for each append),
         because either committer must outlive any one batch."""
@@ -614,13 +391,13 @@ class Outbox:
             return self._commit_failed(f"{type(exc).__name__}: {exc}", ops)
         finally:
             for op in ops:
-                if isinstance(op, _Flush):
+                if isinstance(op, Flush):
                     op.done()
 
     def _commit_ops(
-        self, conn: sqlite3.Connection, ops: list[_Append | _Flush], acks: list[_Ack]
+        self, conn: sqlite3.Connection, ops: list[Append | Flush], acks: list[Ack]
     ) -> Assigned:
-        appends = [op for op in ops if isinstance(op, _Append)]
+        appends = [op for op in ops if isinstance(op, Append)]
         if not appends and not acks:
             return []
         last_seq, depth, size = dict(self._last_seq), dict(self._depth), dict(self._bytes)
@@ -674,7 +451,7 @@ class Outbox:
         self._report_drops()
         return assigned
 
-    def _commit_failed(self, error: str, ops: list[_Append | _Flush]) -> Assigned:
+    def _commit_failed(self, error: str, ops: list[Append | Flush]) -> Assigned:
         """Fail every waiting append of the batch and log, once per run of failures: the
         log line itself goes into the outbox and would fail again (a full disk would
         otherwise feed on its own errors)."""
@@ -689,12 +466,12 @@ class Outbox:
                 note="appends fail until the next successful commit",
             )
         # Nobody may wait forever on a record that was not stored.
-        return [(op, -1) for op in ops if isinstance(op, _Append)]
+        return [(op, -1) for op in ops if isinstance(op, Append)]
 
     def _insert(
         self,
         conn: sqlite3.Connection,
-        appends: list[_Append],
+        appends: list[Append],
         last_seq: dict[Stream, int],
         depth: dict[Stream, int],
         size: dict[Stream, int],
@@ -723,7 +500,7 @@ class Outbox:
     def _advance(
         self,
         conn: sqlite3.Connection,
-        ack: _Ack,
+        ack: Ack,
         delivered: dict[Stream, int],
         delivered_bytes: dict[Stream, int],
         depth: dict[Stream, int],
@@ -830,7 +607,7 @@ class Outbox:
         self._last_drop_report = now
         _log.warning("outbox.dropped", counts=counts, reason="full", max_bytes=self.max_bytes)
         self._pending.add(
-            _Append(
+            Append(
                 "events",
                 encode_record(
                     {
@@ -957,7 +734,7 @@ class Outbox:
     def acknowledge(self, batch: Batch) -> None:
         """The broker has the batch: mark it delivered in the next transaction. Call it
         from the event loop."""
-        self._pending.add_ack(_Ack(batch.stream, batch.first_seq, batch.last_seq))
+        self._pending.add_ack(Ack(batch.stream, batch.first_seq, batch.last_seq))
         # The next commit takes it along, whoever makes it. Only if none comes within the
         # window is the writer woken for it: waking it at every PUBACK would cost a
         # thread switch just as the next command comes in.
@@ -976,7 +753,7 @@ class Outbox:
         def done() -> None:
             loop.call_soon_threadsafe(_resolve_flush, future)
 
-        self._pending.add(_Flush(done))
+        self._pending.add(Flush(done))
         await future
 
     def delivered(self, stream: Stream) -> int:

@@ -26,13 +26,14 @@ from gateway.clock import now_iso, set_zone
 from gateway.commands import Dispatcher, Handler, LogLevelArgs, Source
 from gateway.component import Backoff, Component, Health, supervise
 from gateway.config import Settings, flatten, load_settings
-from gateway.control import Control
 from gateway.downlink import Downlink
 from gateway.errors import ConfigError, StartupError
 from gateway.events import EventHub
 from gateway.files import write_atomic
 from gateway.hotspots import HotspotMonitor
 from gateway.hotspots.demo import with_web_port
+from gateway.lighting.bank import RelayError
+from gateway.lighting.handlers import Control
 from gateway.link import Link
 from gateway.log import get_logger, set_level
 from gateway.logupload import LogUploader
@@ -41,7 +42,6 @@ from gateway.metrics import build_registry
 from gateway.mqtt import Topics
 from gateway.outbox import Outbox
 from gateway.pa import PublicAddress
-from gateway.relays import RelayError
 from gateway.state import StateStore
 from gateway.statemetrics import StateCollector
 from gateway.system import SystemMonitor, clock_synced
