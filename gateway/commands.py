@@ -747,6 +747,10 @@ class Dispatcher:
         except (RuntimeError, ValueError) as exc:  # closed, or a record too large
             _log.error("command.not_stored", id=reply.id, error=str(exc))
             return _done()
+        # Logged once the commit is queued: the line is written while the writer thread
+        # waits for the disk, not before it may start.
+        if is_enabled(_COMPONENT, logging.INFO):
+            _log.info("command.handled", **event)
         return self._stored(commit, reply, [event, *events])
 
     async def _stored(
@@ -777,8 +781,6 @@ class Dispatcher:
             event["error"] = reply.error_code
         key = (command_type or "unknown", source, reply.status)
         self.counts[key] = self.counts.get(key, 0) + 1
-        if is_enabled(_COMPONENT, logging.INFO):
-            _log.info("command.handled", **event)
         return event
 
 
