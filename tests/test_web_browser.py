@@ -208,8 +208,11 @@ def test_switching_a_light_changes_the_relay_and_every_open_page(
         expect(page.locator("#lights-reply")).to_have_text("Đã thực hiện")
         expect(card.locator(".relay-detail")).to_contain_text("đến ")
         expect(seen.locator(".relay-detail")).to_contain_text("đến ", timeout=LIVE_S)
-        until = retained_state(rig, broker, "relays")["relays"]["yard"]["until"]
-        assert until is not None
+        # The retained state follows the change within its linger (the reply goes first).
+        wait_until(
+            lambda: retained_state(rig, broker, "relays")["relays"]["yard"]["until"] is not None,
+            what="state/relays carries the revert time",
+        )
 
         card.locator(".relay-auto").click()
         expect(page.locator("#lights-reply")).to_have_text("Đã thực hiện")
