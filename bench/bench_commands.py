@@ -32,7 +32,7 @@ import aiomqtt
 
 from bench.common import p
 from bench.rig import rig, switching
-from gateway.mqtt import TCP_NODELAY_OPTION, Topics
+from gateway.uplink.client import TCP_NODELAY_OPTION, Topics
 from tests.conftest import Broker
 
 COMMANDS = 1_000

@@ -38,7 +38,7 @@ from bench.rig import (
     stop,
     switching,
 )
-from gateway.mqtt import Topics
+from gateway.uplink.client import Topics
 from tests.conftest import free_port
 
 CLIP = bytes(range(256)) * 16

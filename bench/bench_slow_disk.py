@@ -27,7 +27,7 @@ import os
 from bench.common import ms, p
 from bench.rig import Commune, paced, rig, scrape
 from gateway.looplag import WINDOW_S
-from gateway.mqtt import Topics
+from gateway.uplink.client import Topics
 
 DELAY_US = 15_000
 RATE_PER_S = 20.0

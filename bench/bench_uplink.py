@@ -31,10 +31,10 @@ import aiomqtt
 from bench.common import p
 from gateway.component import Health
 from gateway.config import Settings
-from gateway.link import Link
-from gateway.mqtt import TCP_NODELAY_OPTION
 from gateway.outbox import Outbox, encode_record
 from gateway.state import StateStore
+from gateway.uplink.client import TCP_NODELAY_OPTION
+from gateway.uplink.link import Link
 from tests.conftest import Broker
 
 RECORDS = 100_000

@@ -21,7 +21,7 @@ import aiomqtt
 
 from gateway.component import Health
 from gateway.looplag import LoopLag
-from gateway.mqtt import TCP_NODELAY_OPTION
+from gateway.uplink.client import TCP_NODELAY_OPTION
 
 LAG = "bench.lag"
 

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import aiomqtt
 
-from gateway.mqtt import TCP_NODELAY_OPTION, Topics
+from gateway.uplink.client import TCP_NODELAY_OPTION, Topics
 from gateway.web.auth import PasswordFile
 from tests.conftest import Broker, clean_env, free_port, terminate
 

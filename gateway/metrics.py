@@ -23,9 +23,9 @@ from prometheus_client.samples import Sample
 from gateway.component import Health
 
 if TYPE_CHECKING:
-    from gateway.link import LinkStats
     from gateway.looplag import LoopLagStats
     from gateway.outbox import OutboxStats
+    from gateway.uplink.link import LinkStats
 
 __all__ = ["build_registry"]
 

@@ -25,7 +25,7 @@ import aiomqtt
 from gateway.clock import now_iso
 from gateway.commands import sign
 from gateway.errors import ConfigError
-from gateway.mqtt import (
+from gateway.uplink.client import (
     Topics,
     add_broker_arguments,
     describe_error,

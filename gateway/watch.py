@@ -23,7 +23,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import MqttSection
 from gateway.errors import ConfigError
-from gateway.mqtt import (
+from gateway.uplink.client import (
     Topics,
     add_broker_arguments,
     describe_error,

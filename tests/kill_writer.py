@@ -14,10 +14,10 @@ from pathlib import Path
 
 from gateway.component import Health
 from gateway.config import Settings
-from gateway.link import Link
 from gateway.log import configure_logging
 from gateway.outbox import Outbox
 from gateway.state import StateStore
+from gateway.uplink.link import Link
 
 
 async def main(state_dir: Path, port: int, gateway: str, round_no: int, drain: bool) -> None:

@@ -15,10 +15,10 @@ from pydantic import BaseModel
 from gateway.commands import Dispatcher, Source, sign
 from gateway.config import load_settings
 from gateway.daemon.app import App
-from gateway.downlink import Downlink
 from gateway.events import EventHub
-from gateway.mqtt import Topics
 from gateway.outbox import Outbox
+from gateway.uplink.client import Topics
+from gateway.uplink.downlink import Downlink
 from tests.conftest import ConfigFile
 from tests.test_app import FAST, running, wait_for
 

@@ -24,9 +24,9 @@ import pytest
 from gateway.component import Backoff, Health
 from gateway.config import Settings, load_settings
 from gateway.daemon.app import App
-from gateway.link import Link
 from gateway.outbox import Outbox
 from gateway.state import StateStore
+from gateway.uplink.link import Link
 from tests.conftest import Broker, ConfigFile, Daemon, free_port
 from tests.test_app import http_get, running, wait_for
 from tests.test_link import settings_for, subscriber

@@ -15,9 +15,9 @@ import aiomqtt
 import pytest
 
 from gateway.component import Health
-from gateway.link import Link
 from gateway.outbox import Outbox
 from gateway.state import StateStore
+from gateway.uplink.link import Link
 from tests.conftest import Broker, ConfigFile, wait_online
 from tests.test_app import wait_for
 from tests.test_link import settings_for

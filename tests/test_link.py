@@ -21,11 +21,11 @@ import pytest
 from gateway.component import Backoff, Health
 from gateway.config import Settings, load_settings
 from gateway.daemon.app import App
-from gateway.link import Link, TokenBucket, full_jitter
 from gateway.outbox import Outbox
 from gateway.schemas import Batch as BatchSchema
 from gateway.schemas import OfflineStatus, OnlineStatus
 from gateway.state import StateStore
+from gateway.uplink.link import Link, TokenBucket, full_jitter
 from tests.conftest import REPO, Broker, ConfigFile, Daemon, clean_env
 from tests.test_app import running, wait_for
 

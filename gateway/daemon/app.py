@@ -26,7 +26,6 @@ from gateway.clock import now_iso, set_zone
 from gateway.commands import Dispatcher, Handler, LogLevelArgs, Source
 from gateway.component import Backoff, Component, Health, supervise
 from gateway.config import Settings, flatten, load_settings
-from gateway.downlink import Downlink
 from gateway.errors import ConfigError, StartupError
 from gateway.events import EventHub
 from gateway.files import write_atomic
@@ -34,12 +33,10 @@ from gateway.hotspots import HotspotMonitor
 from gateway.hotspots.demo import with_web_port
 from gateway.lighting.bank import RelayError
 from gateway.lighting.handlers import Control
-from gateway.link import Link
 from gateway.log import get_logger, set_level
 from gateway.logupload import LogUploader
 from gateway.looplag import LoopLag
 from gateway.metrics import build_registry
-from gateway.mqtt import Topics
 from gateway.outbox import Outbox
 from gateway.pa import PublicAddress
 from gateway.state import StateStore
@@ -47,6 +44,9 @@ from gateway.statemetrics import StateCollector
 from gateway.system import SystemMonitor, clock_synced
 from gateway.systemd import Notifier, watchdog_interval
 from gateway.telemetry import Telemetry
+from gateway.uplink.client import Topics
+from gateway.uplink.downlink import Downlink
+from gateway.uplink.link import Link
 from gateway.web import HealthReport, WebServer
 
 __all__ = ["LIVE_KEYS", "App"]

@@ -31,9 +31,9 @@ from gateway.component import Component, Health
 from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.log import get_logger
-from gateway.mqtt import Topics, acknowledge, describe_error, make_client
 from gateway.outbox import DELIVERY_ORDER, Batch, Outbox, Stream
 from gateway.state import StateStore
+from gateway.uplink.client import Topics, acknowledge, describe_error, make_client
 
 __all__ = ["CommandHandler", "Link", "LinkStats", "TokenBucket", "full_jitter"]
 
@@ -298,7 +298,7 @@ class Link(Component):
 
         paho would acknowledge a QoS 1 message as soon as aiomqtt queued it, before our
         code has even seen it; the client is made with manual acknowledgements instead
-        (:func:`gateway.mqtt.make_client`), and the PUBACK leaves here. A message whose
+        (:func:`gateway.uplink.client.make_client`), and the PUBACK leaves here. A message whose
         claim failed is not acknowledged: the broker delivers it again after a reconnect.
         """
         async for message in client.messages:

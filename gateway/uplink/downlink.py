@@ -40,7 +40,7 @@ from gateway.commands import (
     sign,
 )
 from gateway.log import get_logger
-from gateway.mqtt import Topics
+from gateway.uplink.client import Topics
 
 __all__ = ["Downlink"]
 
