@@ -121,6 +121,17 @@ def test_state_dir_not_writable(config_file: ConfigFile, tmp_path: Path) -> None
     assert f"gateway.state_dir: {blocker}/state is not a writable folder" in result.stderr
 
 
+def test_a_short_signing_key_is_refused(config_file: ConfigFile, tmp_path: Path) -> None:
+    """A commands.hmac_key_file shorter than 32 bytes stops the start with exit 2 naming
+    the key: a short key can be guessed offline from one captured signed command."""
+    key_file = tmp_path / "hmac.key"
+    key_file.write_bytes(b"secret\n")
+    config_file.write(extra=f'\n[commands]\nhmac_key_file = "{key_file}"\n')
+    result = run_to_exit("--config", str(config_file.path))
+    assert result.returncode == EXIT_BAD_CONFIG, result.stderr
+    assert f"commands.hmac_key_file: {key_file} holds 6 bytes" in result.stderr
+
+
 def test_port_taken(config_file: ConfigFile) -> None:
     """If another program holds the web port, start-up stops with exit 2 naming web.port,
     instead of running without its UI."""

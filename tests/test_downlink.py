@@ -236,8 +236,8 @@ async def test_signed_commands_over_mqtt(
     (done) and refuses a command without a signature or signed with another key
     (rejected, forbidden; send exits 1)."""
     key_file, other = tmp_path / "hmac.key", tmp_path / "other.key"
-    key_file.write_bytes(b"village-secret\n")
-    other.write_bytes(b"not-the-key")
+    key_file.write_bytes(b"village-secret-of-at-least-32-bytes\n")
+    other.write_bytes(b"not-the-key-but-also-32-bytes-long")
     daemon, gateway = daemon_on(
         broker,
         config_file,

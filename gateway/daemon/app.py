@@ -62,6 +62,9 @@ LIVE_KEYS: tuple[str, ...] = (
 )
 """Keys applied on SIGHUP without a restart (``*`` matches one name)."""
 
+MIN_HMAC_KEY_BYTES = 32
+"""A shorter signing key can be guessed offline from one captured signed command."""
+
 STOP_TIMEOUT_S = 4.0
 """Components get this long to finish after SIGTERM; systemd allows more, we promise 5 s."""
 
@@ -488,6 +491,12 @@ def _read_key(path: Path | None) -> bytes | None:
         ) from exc
     if not key:
         raise StartupError.single("commands.hmac_key_file", f"{path} is empty")
+    if len(key) < MIN_HMAC_KEY_BYTES:
+        raise StartupError.single(
+            "commands.hmac_key_file",
+            f"{path} holds {len(key)} bytes; a signing key needs at least "
+            f"{MIN_HMAC_KEY_BYTES} (e.g. `head -c 32 /dev/urandom | base64 > {path.name}`)",
+        )
     return key
 
 
