@@ -58,6 +58,15 @@ _BCM_PINS = range(28)
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
+def _is_network(value: str) -> bool:
+    """An address or an address range in CIDR form (``10.0.0.0/8``, ``fd00::/8``)."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_host(value: str) -> bool:
     """An IPv4/IPv6 address or a DNS host name (RFC 1123 labels)."""
     try:
@@ -243,6 +252,20 @@ class PaSection(_Section):
     max_clip_mb: float = Field(default=50, gt=0, le=1000)
     fetch_timeout_s: float = Field(default=60, gt=0, le=3600)
     stream_connect_timeout_s: float = Field(default=5, gt=0, le=120)
+    fetch_allow: list[str] = Field(default_factory=list)
+    """Hosts or address ranges (CIDR) that ``pa.clip.fetch`` / ``pa.play url=`` may reach
+    although loopback, link-local or private (a commune file server)."""
+
+    @field_validator("fetch_allow")
+    @classmethod
+    def _fetch_allow_hosts_or_ranges(cls, value: list[str]) -> list[str]:
+        bad = [item for item in value if not (_is_network(item) or _is_host(item))]
+        if bad:
+            raise ValueError(
+                "each entry is a host name, an address or an address range in CIDR form "
+                f"(192.168.1.0/24): {', '.join(map(repr, bad))}"
+            )
+        return value
 
 
 class _Probe(_Section):
@@ -379,6 +402,20 @@ class WebSection(_Section):
     """Extra ``Origin`` values accepted besides the request's own (a TLS reverse proxy)."""
     hostnames: list[str] = Field(default_factory=list)
     """Names the Pi is reached by besides its addresses, its hostname and hostname.local."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses or ranges (CIDR) of reverse proxies whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` are believed."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
+        bad = [item for item in value if not _is_network(item)]
+        if bad:
+            raise ValueError(
+                "each entry is an address or an address range in CIDR form "
+                f"(192.168.1.10, 10.0.0.0/8): {', '.join(map(repr, bad))}"
+            )
+        return value
 
     @field_validator("hostnames")
     @classmethod
