@@ -175,8 +175,9 @@ async def test_trusted_origin_of_a_reverse_proxy_is_accepted(tmp_path: Path) -> 
 
 async def test_only_the_pis_addresses_and_names_are_served(tmp_path: Path) -> None:
     """DNS rebinding: a hostile name pointed at the Pi is refused (421) before login is
-    even tried; an address, localhost, the Pi's own name and web.hostnames are served;
-    /healthz answers whatever the name (monitoring)."""
+    even tried; an address, localhost, the Pi's own name and web.hostnames are served.
+    /healthz and /metrics obey the same check: a rebinding page must not read relay state,
+    what the PA plays or login counters from them either."""
     own = socket.gethostname()
     async with web_rig(tmp_path, hostnames=["nhavanhoa.lan"]) as rig:
         for host in ("rebind.evil.example", "evil.example:8080", "nhavanhoa.lan.evil.example"):
@@ -189,7 +190,8 @@ async def test_only_the_pis_addresses_and_names_are_served(tmp_path: Path) -> No
             assert (await refused.json())["error"]["code"] == "unknown_host"
             page = await rig.client.get("/", headers={"Host": host})
             assert page.status == 421
-            assert (await rig.client.get("/healthz", headers={"Host": host})).status == 200
+            for probe in ("/healthz", "/metrics"):
+                assert (await rig.client.get(probe, headers={"Host": host})).status == 421
         for host in (
             "127.0.0.1:8080",
             "[::1]:8080",
@@ -198,8 +200,9 @@ async def test_only_the_pis_addresses_and_names_are_served(tmp_path: Path) -> No
             own,
             f"{own}.local",
         ):
-            answer = await rig.client.get("/api/v1/session", headers={"Host": host})
-            assert answer.status == 200, host
+            for path in ("/api/v1/session", "/healthz", "/metrics"):
+                answer = await rig.client.get(path, headers={"Host": host})
+                assert answer.status == 200, (host, path)
 
 
 async def test_cross_site_websocket_is_refused(tmp_path: Path) -> None:

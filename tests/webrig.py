@@ -155,6 +155,7 @@ async def web_rig(
         state=state,
         settings=settings,
         clock=clock,
+        session_sweep_s=0.05,  # open pages notice an idle-expired session at once
     )
     outbox = await Outbox.open(state_dir / "outbox", commit_window_s=0.01)
 

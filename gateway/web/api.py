@@ -10,13 +10,19 @@ from input, and nothing here reaches a shell.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import json
+import os
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel
 
 from gateway.commands import Dispatcher, new_id
@@ -24,11 +30,18 @@ from gateway.config import Settings
 from gateway.errors import GatewayError
 from gateway.log import get_logger
 from gateway.state import StateStore
-from gateway.web.auth import MAX_PASSWORD_CHARS, Access, PasswordError, check_new_password
+from gateway.web.auth import (
+    MAX_PASSWORD_CHARS,
+    Access,
+    HashBusyError,
+    PasswordError,
+    check_new_password,
+)
 from gateway.web.live import LiveHub
+from gateway.web.ratelimit import address_key
 from gateway.web.sessions import COOKIE, Session
 
-__all__ = ["SESSION", "Api", "ClipsLike", "SchedulerLike", "error"]
+__all__ = ["SESSION", "UPLOADS_AT_ONCE", "UPLOAD_DIR", "Api", "ClipsLike", "SchedulerLike", "error"]
 
 _log = get_logger("web")
 
@@ -37,6 +50,13 @@ SESSION = web.RequestKey("session", Session)
 MAX_JSON_BYTES = 16 * 1024
 """Login, setup and password bodies are tiny; anything bigger is refused unread."""
 _CHUNK = 64 * 1024
+_WRITE_BYTES = 1024 * 1024
+"""An upload is written to its file in pieces of this size (what it holds in memory)."""
+UPLOADS_AT_ONCE = 2
+"""Clip uploads received at the same time; another one is refused (429) unread."""
+UPLOAD_DIR = "uploads"
+"""Folder under ``gateway.state_dir`` where an upload streams before the clip store
+takes it; emptied at start."""
 STATE_CACHE_S = 0.5
 
 
@@ -67,6 +87,13 @@ class ClipsLike(Protocol):
     def list(self) -> Sequence[ClipInfoLike]: ...
 
     async def add(self, name: str, data: bytes) -> ClipInfoLike: ...
+
+
+class FileClipsLike(ClipsLike, Protocol):
+    """A clip store that takes an uploaded file as it is (moves it into place), so the
+    upload is never held in memory. Used when the store has ``add_file``."""
+
+    async def add_file(self, name: str, path: Path, *, sha256: str, size: int) -> ClipInfoLike: ...
 
 
 def error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -135,6 +162,9 @@ class Api:
         self.scheduler: SchedulerLike | None = None
         self.logins: dict[str, int] = {"ok": 0, "wrong": 0, "locked": 0}
         """Login and setup outcomes, for /metrics."""
+        self.uploads = 0
+        """Clip uploads being received right now."""
+        self.upload_dir = settings.gateway.state_dir / UPLOAD_DIR
 
     def register(self, router: web.UrlDispatcher) -> None:
         """Add every route (the security test enumerates these)."""
@@ -166,18 +196,27 @@ class Api:
         )
         return response
 
-    def _locked(self, address: str) -> web.Response | None:
-        wait = self._access.limiter.retry_after(address)
+    def _begin(self, address: str) -> web.Response | None:
+        """Start a password or code attempt (counted as wrong until it proves right), or
+        the 429 to answer: locked out, or another attempt of this address in flight."""
+        wait = self._access.limiter.begin(address_key(address))
         if wait is None:
             return None
         self.logins["locked"] += 1
         return error(
-            429, "locked_out", f"too many wrong tries; wait {wait} s", **{"Retry-After": str(wait)}
+            429,
+            "locked_out",
+            f"too many tries, or one still being checked; wait {wait} s",
+            **{"Retry-After": str(wait)},
         )
 
-    def _wrong(self, address: str, status: int, code: str, message: str) -> web.Response:
+    def _end(self, address: str, ok: bool | None) -> int | None:
+        return self._access.limiter.end(address_key(address), ok=ok)
+
+    def _wrong(
+        self, address: str, locked_for: int | None, status: int, code: str, message: str
+    ) -> web.Response:
         self.logins["wrong"] += 1
-        locked_for = self._access.limiter.failure(address)
         _log.warning("web.login_failed", address=address, reason=code, locked_for_s=locked_for)
         if locked_for is not None:
             return error(
@@ -202,47 +241,66 @@ class Api:
             }
         )
 
+    # Setup, login and password change share one shape: the attempt is counted (and the
+    # address marked busy) before the first await, and settled in ``finally``; a request
+    # that never reached a check (bad body, too short a new password) is taken back.
+
     async def setup(self, request: web.Request) -> web.Response:  # noqa: PLR0911 - one per refusal
         """First run: the setup code from the journal sets the first password."""
         address = request.remote or "?"
         if not self._access.setup_required:
             return error(409, "already_set", "a password is set; log in instead")
-        if (locked := self._locked(address)) is not None:
-            return locked
-        data = await _json_object(request)
-        if isinstance(data, web.Response):
-            return data
-        code, password = _text(data, "code"), _text(data, "password")
-        if code is None or password is None:
-            return error(400, "bad_args", "give code and password (strings)")
-        if not self._access.setup_code_ok(code):
-            return self._wrong(address, 403, "forbidden", "wrong setup code (see the log)")
+        if (refused := self._begin(address)) is not None:
+            return refused
+        verdict: bool | None = None
         try:
-            check_new_password(password)
-        except PasswordError as exc:
-            return error(400, "bad_args", str(exc))
-        await self._access.set_password(password)
-        self._access.limiter.success(address)
+            data = await _json_object(request)
+            if isinstance(data, web.Response):
+                return data
+            code, password = _text(data, "code"), _text(data, "password")
+            if code is None or password is None:
+                return error(400, "bad_args", "give code and password (strings)")
+            try:
+                check_new_password(password)
+            except PasswordError as exc:
+                return error(400, "bad_args", str(exc))
+            verdict = self._access.setup_code_ok(code)
+            if verdict:
+                await self._access.set_password(password)
+        except HashBusyError:
+            return _busy()
+        finally:
+            locked_for = self._end(address, verdict)
+        if not verdict:
+            return self._wrong(
+                address, locked_for, 403, "forbidden", "wrong setup code (see the log)"
+            )
         self.logins["ok"] += 1
         _log.warning("web.password_set", address=address, via="setup code")
         return self._start_session(request, {})
 
-    async def login(self, request: web.Request) -> web.Response:
+    async def login(self, request: web.Request) -> web.Response:  # noqa: PLR0911 - one per refusal
         """The password gives a session cookie and a CSRF token."""
         address = request.remote or "?"
         if self._access.setup_required:
             return error(409, "setup_required", "no password yet: use the setup code")
-        if (locked := self._locked(address)) is not None:
-            return locked
-        data = await _json_object(request)
-        if isinstance(data, web.Response):
-            return data
-        password = _text(data, "password")
-        if password is None:
-            return error(400, "bad_args", "give password (a string)")
-        if not await self._access.password_ok(password):
-            return self._wrong(address, 401, "unauthenticated", "wrong password")
-        self._access.limiter.success(address)
+        if (refused := self._begin(address)) is not None:
+            return refused
+        verdict: bool | None = None
+        try:
+            data = await _json_object(request)
+            if isinstance(data, web.Response):
+                return data
+            password = _text(data, "password")
+            if password is None:
+                return error(400, "bad_args", "give password (a string)")
+            verdict = await self._access.password_ok(password)
+        except HashBusyError:
+            return _busy()
+        finally:
+            locked_for = self._end(address, verdict)
+        if not verdict:
+            return self._wrong(address, locked_for, 401, "unauthenticated", "wrong password")
         self.logins["ok"] += 1
         _log.info("web.login", address=address)
         return self._start_session(request, {})
@@ -256,24 +314,34 @@ class Api:
         response.del_cookie(COOKIE, path="/")
         return response
 
-    async def password(self, request: web.Request) -> web.Response:
+    async def password(self, request: web.Request) -> web.Response:  # noqa: PLR0911 - as setup
         """Change the password: every session ends; this browser gets a fresh one."""
         address = request.remote or "?"
-        if (locked := self._locked(address)) is not None:
-            return locked
-        data = await _json_object(request)
-        if isinstance(data, web.Response):
-            return data
-        current, new = _text(data, "current"), _text(data, "new")
-        if current is None or new is None:
-            return error(400, "bad_args", "give current and new (strings)")
-        if not await self._access.password_ok(current):
-            return self._wrong(address, 403, "forbidden", "the current password is wrong")
+        if (refused := self._begin(address)) is not None:
+            return refused
+        verdict: bool | None = None
         try:
-            check_new_password(new)
-        except PasswordError as exc:
-            return error(400, "bad_args", str(exc))
-        await self._access.set_password(new)
+            data = await _json_object(request)
+            if isinstance(data, web.Response):
+                return data
+            current, new = _text(data, "current"), _text(data, "new")
+            if current is None or new is None:
+                return error(400, "bad_args", "give current and new (strings)")
+            try:
+                check_new_password(new)
+            except PasswordError as exc:
+                return error(400, "bad_args", str(exc))
+            verdict = await self._access.password_ok(current)
+            if verdict:
+                await self._access.set_password(new)
+        except HashBusyError:
+            return _busy()
+        finally:
+            locked_for = self._end(address, verdict)
+        if not verdict:
+            return self._wrong(
+                address, locked_for, 403, "forbidden", "the current password is wrong"
+            )
         _log.warning("web.password_set", address=address, via="web")
         return self._start_session(request, {})
 
@@ -365,62 +433,145 @@ class Api:
         return web.json_response({"clips": [clip.as_dict() for clip in self.clips.list()]})
 
     async def upload_clip(self, request: web.Request) -> web.StreamResponse:
-        """multipart ``name`` + ``file``: the size cap holds while the body streams in."""
+        """multipart ``name`` + ``file``: streamed to a file under the state folder with
+        the size cap holding while it streams in; at most :data:`UPLOADS_AT_ONCE`."""
         if self.clips is None:
             return error(503, "not_available", "the loudspeakers are not set up on this gateway")
+        if self.uploads >= UPLOADS_AT_ONCE:
+            busy = error(
+                429,
+                "busy",
+                f"{self.uploads} clips are being uploaded; try again when one is done",
+                **{"Retry-After": "5"},
+            )
+            busy.force_close()  # do not read the body we refuse
+            return busy
         cap = int(self._settings.web.max_upload_mb * 1_000_000)
-        received = await _read_upload(request, cap)
-        if isinstance(received, web.Response):
-            return received
-        name, data = received
+        self.uploads += 1
+        temp = self.upload_dir / f"upload-{secrets.token_hex(8)}"
         try:
-            clip = await self.clips.add(name, data)
-        except GatewayError as exc:
-            key = str(getattr(exc, "key", "bad_args"))
-            return error(413 if key == "too_large" else 400, key, str(exc))
-        _log.info("web.clip_uploaded", name=clip.name, bytes=len(data))
+            received = await _read_upload(request, cap, temp)
+            if isinstance(received, web.Response):
+                return received
+            name, size, sha256 = received
+            try:
+                if (add_file := getattr(self.clips, "add_file", None)) is not None:
+                    clip = await add_file(name, temp, sha256=sha256, size=size)
+                else:
+                    data = await asyncio.to_thread(temp.read_bytes)
+                    clip = await self.clips.add(name, data)
+                    del data
+            except GatewayError as exc:
+                key = str(getattr(exc, "key", "bad_args"))
+                return error(413 if key == "too_large" else 400, key, str(exc))
+        finally:
+            self.uploads -= 1
+            await asyncio.to_thread(_unlink, temp)
+        _log.info("web.clip_uploaded", name=clip.name, bytes=size)
         return web.json_response({"clip": clip.as_dict()})
+
+    def clear_uploads(self) -> None:
+        """Remove what uploads cut short by a crash left behind (at start)."""
+        with contextlib.suppress(OSError):
+            for leftover in self.upload_dir.glob("upload-*"):
+                _unlink(leftover)
+
+
+def _busy() -> web.Response:
+    return error(503, "busy", "too many password checks at once; try again", **{"Retry-After": "1"})
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+_MALFORMED = (ValueError, AssertionError, LookupError, HttpProcessingError)
+"""What aiohttp's multipart reader raises on a body it cannot parse (no or a wrong
+Content-Type, no boundary, broken part headers, a body cut short)."""
 
 
 async def _read_upload(  # noqa: PLR0911 - one return per refusal
-    request: web.Request, cap: int
-) -> tuple[str, bytes] | web.Response:
-    """The clip's name and bytes from a multipart body, or the error to answer."""
+    request: web.Request, cap: int, temp: Path
+) -> tuple[str, int, str] | web.Response:
+    """The clip's name, size and sha256 from a multipart body whose ``file`` field is
+    streamed to ``temp``, or the error to answer."""
     too_large = error(413, "too_large", f"a clip is at most {cap} bytes (web.max_upload_mb)")
     too_large.force_close()  # do not read the rest of a body we refuse
     if request.content_length is not None and request.content_length > cap + _CHUNK:
         return too_large
+    malformed = error(400, "bad_args", "send multipart/form-data with the fields name and file")
+    malformed.force_close()
     try:
         reader = await request.multipart()
-    except (ValueError, AssertionError):
-        return error(400, "bad_args", "send multipart/form-data with name and file")
-    fields: dict[str, bytes] = {}
+    except _MALFORMED:
+        return malformed
+    name_field = b""
     filename: str | None = None
+    stored: tuple[int, str] | None = None
     try:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader) or part.name not in ("name", "file"):
                 return error(400, "bad_args", "only the fields name and file are accepted")
             if part.name == "file":
                 filename = part.filename
-            fields[part.name] = await _read_part(part, cap if part.name == "file" else 256)
+                stored = await _stream_part(part, cap, temp)
+            else:
+                name_field = await _read_part(part, 256)
     except _TooLargeError:
         _log.warning("web.upload_refused", address=request.remote, limit_bytes=cap)
         return too_large
-    except ValueError as exc:
-        return error(400, "bad_args", f"malformed multipart body: {exc}")
-    name = fields.get("name", b"").decode("utf-8", "replace").strip()
+    except _MALFORMED as exc:
+        _log.info("web.upload_malformed", address=request.remote, error=str(exc)[:200])
+        return malformed
+    name = name_field.decode("utf-8", "replace").strip()
     if not name and filename:
         name = PurePosixPath(filename.replace("\\", "/")).stem
-    if "file" not in fields or not name:
+    if stored is None or not name:
         return error(400, "bad_args", "give the fields name and file")
-    return name, fields["file"]
+    return name, *stored
 
 
 async def _read_part(part: BodyPartReader, limit: int) -> bytes:
-    """One multipart field, chunk by chunk, refusing beyond ``limit`` bytes."""
+    """One small multipart field, chunk by chunk, refusing beyond ``limit`` bytes."""
     data = bytearray()
     while chunk := await part.read_chunk(_CHUNK):
         data += chunk
         if len(data) > limit:
             raise _TooLargeError
     return bytes(data)
+
+
+async def _stream_part(part: BodyPartReader, limit: int, path: Path) -> tuple[int, str]:
+    """Write one multipart field to ``path`` (flushed to the card) a piece at a time,
+    refusing beyond ``limit`` bytes; returns its size and sha256."""
+    digest = hashlib.sha256()
+    size = 0
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+    fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        pending = bytearray()
+        while chunk := await part.read_chunk(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise _TooLargeError
+            pending += chunk
+            if len(pending) >= _WRITE_BYTES:
+                piece, pending = bytes(pending), bytearray()
+                await asyncio.to_thread(_write_piece, fd, piece, digest)
+        await asyncio.to_thread(_write_piece, fd, bytes(pending), digest)
+        await asyncio.to_thread(os.fsync, fd)
+    finally:
+        await asyncio.to_thread(os.close, fd)
+    return size, digest.hexdigest()
+
+
+class _Digest(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+
+def _write_piece(fd: int, data: bytes, digest: _Digest) -> None:
+    digest.update(data)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -22,16 +22,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from gateway.log import get_logger
 from gateway.web.ratelimit import LoginLimiter
 from gateway.web.sessions import SessionStore
 
 __all__ = [
+    "HASHES_AT_ONCE",
+    "HASHES_WAITING",
     "MAX_PASSWORD_CHARS",
     "MIN_PASSWORD_CHARS",
     "PASSWORD_FILE",
     "Access",
+    "HashBusyError",
     "PasswordError",
     "PasswordFile",
     "check_new_password",
@@ -41,6 +45,7 @@ __all__ = [
 ]
 
 _log = get_logger("web")
+_T = TypeVar("_T")
 
 PASSWORD_FILE = "web_password"  # noqa: S105 - a file name, not a password
 MIN_PASSWORD_CHARS = 8
@@ -50,12 +55,20 @@ MAX_PASSWORD_CHARS = 1024
 _N, _R, _P = 2**14, 8, 1
 """scrypt cost: 128 * r * n bytes = 16 MiB of memory per hash, ~0.1 s on a Pi 4."""
 _SCHEME = "scrypt"
+HASHES_AT_ONCE = 2
+"""Password hashes computed at the same time (each 16 MiB and a core for ~0.1 s)."""
+HASHES_WAITING = 16
+"""Attempts that may wait for a hash beyond those; more are refused (503) at once."""
 _SETUP_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 """No 0/O or 1/I: the code is read off a journal and typed on a phone."""
 
 
 class PasswordError(ValueError):
     """A new password that is refused (too short, too long)."""
+
+
+class HashBusyError(Exception):
+    """Too many password checks are running or waiting; try again in a moment."""
 
 
 def check_new_password(password: str) -> None:
@@ -193,6 +206,22 @@ class Access:
         self._stamp = self.passwords.stamp()
         self._hash = self.passwords.read()
         self._setup_code: str | None = None
+        self._hash_slots = asyncio.Semaphore(HASHES_AT_ONCE)
+        self._hashing = 0
+        """Hashes running or waiting for a slot."""
+
+    async def _hashed(self, work: Callable[[], _T]) -> _T:
+        """Run ``work`` (a scrypt hash) in a thread, at most :data:`HASHES_AT_ONCE` at a
+        time: a flood of logins from many addresses cannot fill the thread pool or the
+        memory. Beyond :data:`HASHES_WAITING` waiting, HashBusyError at once."""
+        if self._hashing >= HASHES_AT_ONCE + HASHES_WAITING:
+            raise HashBusyError
+        self._hashing += 1
+        try:
+            async with self._hash_slots:
+                return await asyncio.to_thread(work)
+        finally:
+            self._hashing -= 1
 
     @property
     def setup_required(self) -> bool:
@@ -233,15 +262,16 @@ class Access:
         return hmac.compare_digest(normalise_code(code).encode(), expected)
 
     async def password_ok(self, password: str) -> bool:
-        """Check a password (scrypt runs in a thread: ~0.1 s that must not stop the loop)."""
+        """Check a password (scrypt runs in a thread: ~0.1 s that must not stop the loop;
+        raises HashBusyError when too many checks wait)."""
         encoded = self._hash
         if encoded is None:
             return False
-        return await asyncio.to_thread(verify_password, password, encoded)
+        return await self._hashed(lambda: verify_password(password, encoded))
 
     async def set_password(self, password: str) -> None:
         """Store a new password (raises PasswordError) and end every session."""
-        await asyncio.to_thread(self.passwords.write, password)
+        await self._hashed(lambda: self.passwords.write(password))
         self._hash = self.passwords.read()
         self._stamp = self.passwords.stamp()
         self._setup_code = None

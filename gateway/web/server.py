@@ -9,6 +9,13 @@ every route needs a session unless it is on :data:`ALLOWLIST` (or, with
 ``web.public_status``, on :data:`PUBLIC_STATUS`); every state-changing request must
 come from the page's own origin, and, once logged in, carry the session's CSRF token.
 A new route is therefore closed until someone adds it to a list here on purpose.
+Every route, ``/healthz`` and ``/metrics`` included, answers only to the Pi's own
+addresses and names (see :func:`_known_host`).
+
+Behind a reverse proxy listed in ``web.trusted_proxies`` the request is seen as the
+proxy describes it (``X-Forwarded-For``, ``X-Forwarded-Proto``); from anyone else those
+headers mean nothing. Connections are capped and timed out in
+:mod:`gateway.web.connections`.
 """
 
 from __future__ import annotations
@@ -38,10 +45,25 @@ from gateway.log import get_logger
 from gateway.state import StateStore
 from gateway.web.api import SESSION, Api, ClipsLike, SchedulerLike, error
 from gateway.web.auth import Access
+from gateway.web.connections import (
+    KEEPALIVE_S,
+    MAX_CONNECTIONS,
+    MAX_PER_ADDRESS,
+    ConnectionGate,
+    GatedSite,
+)
 from gateway.web.live import LOG_TAP, LiveHub, LogTap
 from gateway.web.sessions import COOKIE
 
-__all__ = ["ALLOWLIST", "CSP", "PUBLIC_STATUS", "STATIC_DIR", "HealthReport", "WebServer"]
+__all__ = [
+    "ALLOWLIST",
+    "CSP",
+    "PUBLIC_STATUS",
+    "SESSION_SWEEP_S",
+    "STATIC_DIR",
+    "HealthReport",
+    "WebServer",
+]
 
 _log = get_logger("web")
 
@@ -58,11 +80,11 @@ ALLOWLIST = frozenset(
     }
 )
 """Routes (by their pattern) anyone may call: the login page, its assets, probes, login."""
-PROBES = frozenset({"/healthz", "/metrics"})
-"""Answered whatever the ``Host``: monitoring scrapes by any name, and they change nothing."""
 PUBLIC_STATUS = frozenset({"/api/v1/state", "/api/v1/ws"})
 """Readable without login, with GET only, when ``web.public_status = true``."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SESSION_SWEEP_S = 30.0
+"""How often open WebSockets are checked against their session (idle, lifetime)."""
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -123,6 +145,43 @@ def _known_host(request: web.Request, names: frozenset[str]) -> bool:
     return host == "localhost" or host in names
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def _within(address: str, networks: tuple[Network, ...]) -> bool:
+    """Whether ``address`` (as a socket reports it) lies in one of ``networks``."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+def forwarded_client(peer: str, forwarded_for: Iterable[str], proxies: tuple[Network, ...]) -> str:
+    """The client behind trusted proxies: the rightmost ``X-Forwarded-For`` hop that is
+    not itself a trusted proxy (every proxy appends the address it saw; only the hops
+    our own proxies appended can be believed). ``peer`` itself when it is no proxy."""
+    if not _within(peer, proxies):
+        return peer
+    hops = [hop.strip() for header in forwarded_for for hop in header.split(",")]
+    client = peer
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop.strip("[]"))
+        except ValueError:
+            break  # not an address: nothing further left can be believed either
+        client = hop.strip("[]")
+        if not _within(client, proxies):
+            break
+    return client
+
+
 def _same_origin(request: web.Request, trusted: Iterable[str]) -> bool:
     """The request comes from a page of this very server (or a configured proxy origin).
 
@@ -151,6 +210,10 @@ class WebServer:
         link_online: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
         log_tap: LogTap = LOG_TAP,
+        keepalive_s: float = KEEPALIVE_S,
+        max_connections: int = MAX_CONNECTIONS,
+        max_per_address: int = MAX_PER_ADDRESS,
+        session_sweep_s: float = SESSION_SWEEP_S,
     ) -> None:
         self._host = host
         self._port = port
@@ -162,6 +225,16 @@ class WebServer:
         self._log_tap = log_tap
         self._runner: web.AppRunner | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep_s = session_sweep_s
+        self._keepalive_s = keepalive_s
+        self._proxies = _networks(settings.web.trusted_proxies)
+        self.connections = ConnectionGate(
+            total=max_connections,
+            per_address=max_per_address,
+            exempt=lambda address: _within(address, self._proxies),
+        )
+        self._loop_handler: object = None
         web_settings = settings.web
         self.access = Access(
             settings.gateway.state_dir,
@@ -230,9 +303,16 @@ class WebServer:
 
     async def start(self) -> None:
         """Bind and start serving; a taken port or bad address is a StartupError."""
-        runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            self.app,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            keepalive_timeout=self._keepalive_s,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
+        site = GatedSite(
+            runner, self._host, self._port, gate=self.connections, keepalive_s=self._keepalive_s
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -252,6 +332,10 @@ class WebServer:
                 ) from exc
             raise StartupError.single("web.host", f"cannot listen on {where}: {exc}") from exc
         self._runner = runner
+        loop = asyncio.get_running_loop()
+        handler = self.connections.exception_handler(loop.get_exception_handler())
+        loop.set_exception_handler(handler)
+        self._loop_handler = handler
         self.begin()
         _log.info("web.listening", host=self._host, port=self.port)
 
@@ -261,20 +345,29 @@ class WebServer:
         Separate from :meth:`start` so tests can serve :attr:`app` with aiohttp's own
         test server and still get the live parts.
         """
-        self._watcher = asyncio.get_running_loop().create_task(
-            self.live.watch_state(), name="web.live"
-        )
-        self._log_tap.attach(self.live, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self._watcher = loop.create_task(self.live.watch_state(), name="web.live")
+        self._sweeper = loop.create_task(self._sweep_sessions(), name="web.sessions")
+        self._log_tap.attach(self.live, loop)
         self.access.ensure_setup_code()
+        self.api.clear_uploads()
+
+    async def _sweep_sessions(self) -> None:
+        """Forever: close the WebSockets of sessions that idled out or expired (a page
+        that only listens makes no request that would notice)."""
+        while True:
+            await asyncio.sleep(self._sweep_s)
+            self.live.recheck()
 
     async def end(self) -> None:
         """Stop the live feed (the counterpart of :meth:`begin`)."""
         self._log_tap.attach(None)
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        for task in (self._watcher, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watcher = self._sweeper = None
 
     async def stop(self) -> None:
         """Stop listening and close open connections."""
@@ -282,22 +375,41 @@ class WebServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        loop = asyncio.get_running_loop()
+        if self._loop_handler is not None and loop.get_exception_handler() is self._loop_handler:
+            loop.set_exception_handler(None)
+        self._loop_handler = None
 
     # -- the guard ------------------------------------------------------------------
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Deny by default: every request passes :meth:`_refusal` before its handler."""
+        if self._proxies:
+            request = self._as_forwarded(request)
         resource = request.match_info.route.resource
         if resource is None:  # no such route: aiohttp answers 404/405 itself
             return await handler(request)
         refusal = self._refusal(request, resource.canonical)
         return refusal if refusal is not None else await handler(request)
 
+    def _as_forwarded(self, request: web.Request) -> web.Request:
+        """From a trusted proxy: the request with the client's address, and ``https``
+        when the proxy says the client used it (the cookie is then ``Secure``)."""
+        peer = request.remote
+        if peer is None or not _within(peer, self._proxies):
+            return request
+        client = forwarded_client(
+            peer, request.headers.getall("X-Forwarded-For", []), self._proxies
+        )
+        proto = request.headers.get("X-Forwarded-Proto", "").rsplit(",", 1)[-1].strip().lower()
+        scheme = "https" if proto == "https" else request.scheme
+        return request.clone(remote=client, scheme=scheme)
+
     def _refusal(self, request: web.Request, pattern: str) -> web.Response | None:
         """Why ``request`` is refused, or None: a known Host, Origin on every change,
         a session unless allowlisted, CSRF on every change after login."""
-        if pattern not in PROBES and not _known_host(request, self._host_names):
+        if not _known_host(request, self._host_names):
             return error(
                 421, "unknown_host", "this gateway answers to its address or its names only"
             )
@@ -398,6 +510,14 @@ class _WebCollector(Collector):
         )
         yield GaugeMetricFamily(
             "vg_web_ws_clients", "Pages connected to the live WebSocket", value=server.live.clients
+        )
+        yield GaugeMetricFamily(
+            "vg_web_connections", "Open connections to the web port", value=server.connections.open
+        )
+        yield CounterMetricFamily(
+            "vg_web_connections_refused",
+            "Connections closed at once: over the cap, overall or for one address",
+            value=server.connections.refused,
         )
         yield GaugeMetricFamily(
             "vg_web_locked_addresses",

@@ -84,13 +84,18 @@ class SessionStore:
         return session
 
     def alive(self, key: str) -> bool:
-        """The session (by key) still exists and is within its absolute lifetime.
+        """The session (by key) still exists, within its lifetime and its idle timeout.
 
-        An open WebSocket asks this before each message: a page logged out, or left
-        open past its lifetime, stops receiving.
+        An open WebSocket asks this before each message and the server sweeps open pages
+        with it regularly: a page logged out, left open past its lifetime or without a
+        request for ``session_idle_s``, stops receiving. The feed itself does not count
+        as use (pages send nothing but pings); the session is not touched here.
         """
         session = self._sessions.get(key)
-        return session is not None and self._clock() - session.created < self._ttl_s
+        if session is None:
+            return False
+        now = self._clock()
+        return now - session.created < self._ttl_s and now - session.last_seen < self._idle_s
 
     def revoke(self, session: Session) -> None:
         """End one session (logout)."""
