@@ -38,7 +38,7 @@ from pydantic import (
 
 from gateway.clock import now_iso
 from gateway.config import BroadcastSchedule, RelaySchedule
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 from gateway.events import EventHub
 from gateway.log import get_logger, is_enabled
 from gateway.outbox import Outbox, Stream, encode_record
@@ -56,6 +56,7 @@ __all__ = [
     "TokenBucket",
     "command_id_of",
     "decode",
+    "read_signing_key",
 ]
 
 _COMPONENT = "commands"
@@ -255,6 +256,29 @@ def canonical(command: Mapping[str, Any]) -> bytes:
     """The bytes an HMAC signs: the command without ``sig``, keys sorted, no spaces."""
     unsigned = {k: v for k, v in command.items() if k != "sig"}
     return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+MIN_KEY_BYTES = 32
+"""A shorter signing key can be guessed offline from one captured signed command."""
+
+
+def read_signing_key(path: Path, *, name: str, error: type[ConfigError] = ConfigError) -> bytes:
+    """The signing key in ``path``: its bytes, surrounding whitespace (a trailing
+    newline) stripped, at least ``MIN_KEY_BYTES``. The daemon (``commands.hmac_key_file``)
+    and ``send --hmac-key-file`` read it alike; ``error`` names ``name`` in its message."""
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise error.single(name, f"{path} cannot be read: {exc.strerror or exc}") from None
+    if not key:
+        raise error.single(name, f"{path} is empty")
+    if len(key) < MIN_KEY_BYTES:
+        raise error.single(
+            name,
+            f"{path} holds {len(key)} bytes; a signing key needs at least {MIN_KEY_BYTES} "
+            f"(e.g. `head -c 32 /dev/urandom | base64 > {path.name}`)",
+        )
+    return key
 
 
 def sign(command: Mapping[str, Any], key: bytes) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Final, TextIO
 import aiomqtt
 
 from gateway.clock import now_iso
-from gateway.commands import sign
+from gateway.commands import read_signing_key, sign
 from gateway.errors import ConfigError
 from gateway.uplink.client import (
     Topics,
@@ -73,17 +73,9 @@ def _value(text: str) -> object:
 
 
 def read_hmac_key(path: Path) -> bytes:
-    """The signing key in ``path``, read as the daemon reads commands.hmac_key_file (its
-    bytes, surrounding whitespace stripped); raises :class:`ConfigError` naming the flag."""
-    try:
-        key = path.read_bytes().strip()
-    except OSError as exc:
-        raise ConfigError.single(
-            HMAC_FLAG, f"{path} cannot be read: {exc.strerror or exc}"
-        ) from None
-    if not key:
-        raise ConfigError.single(HMAC_FLAG, f"{path} is empty")
-    return key
+    """The signing key in ``path``, read as the daemon reads commands.hmac_key_file;
+    raises :class:`ConfigError` naming the flag."""
+    return read_signing_key(path, name=HMAC_FLAG)
 
 
 def build_command(

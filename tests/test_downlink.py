@@ -206,9 +206,9 @@ def test_send_signs_as_documented(tmp_path: Path) -> None:
     as docs/protocol.md says; the key file is read as bytes, surrounding whitespace
     stripped (as the daemon reads commands.hmac_key_file)."""
     key_file = tmp_path / "key"
-    key_file.write_bytes(b"  s3cret\n")
+    key_file.write_bytes(b"  commune-s3cret-of-32-bytes-or-more\n")
     key = read_hmac_key(key_file)
-    assert key == b"s3cret"
+    assert key == b"commune-s3cret-of-32-bytes-or-more"
     command = build_command("relay.set", ["relay=đèn", "on=true"], ttl_s=60, hmac_key=key)
     assert datetime.fromisoformat(command["issued_at"]).utcoffset() is not None
     unsigned = {k: v for k, v in command.items() if k != "sig"}
@@ -218,11 +218,13 @@ def test_send_signs_as_documented(tmp_path: Path) -> None:
 
 
 def test_send_refuses_an_unusable_key_file(broker: Broker, tmp_path: Path) -> None:
-    """A missing, unreadable (a folder) or empty --hmac-key-file is a usage error naming
-    the flag and the file: exit 2, nothing is published."""
-    empty = tmp_path / "empty"
+    """A missing, unreadable (a folder), empty or too short (under 32 bytes)
+    --hmac-key-file is a usage error naming the flag and the file: exit 2, nothing is
+    published."""
+    empty, short = tmp_path / "empty", tmp_path / "short"
     empty.write_bytes(b" \n")
-    for path in (tmp_path / "missing", tmp_path, empty):
+    short.write_bytes(b"s3cret\n")
+    for path in (tmp_path / "missing", tmp_path, empty, short):
         result = send(broker, "--gateway", "gw", "--hmac-key-file", str(path), "system.ping")
         assert result.returncode == 2, result.stderr
         assert f"--hmac-key-file: {path}" in result.stderr

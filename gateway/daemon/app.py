@@ -11,6 +11,7 @@ configuration kept.
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import tempfile
 import time
@@ -23,7 +24,7 @@ from pydantic import BaseModel
 
 from gateway import __version__
 from gateway.clock import now_iso, set_zone
-from gateway.commands import Dispatcher, Handler, LogLevelArgs, Source
+from gateway.commands import Dispatcher, Handler, LogLevelArgs, Source, read_signing_key
 from gateway.component import Backoff, Component, Health, supervise
 from gateway.config import Settings, flatten, load_settings
 from gateway.errors import ConfigError, StartupError
@@ -62,9 +63,6 @@ LIVE_KEYS: tuple[str, ...] = (
 )
 """Keys applied on SIGHUP without a restart (``*`` matches one name)."""
 
-MIN_HMAC_KEY_BYTES = 32
-"""A shorter signing key can be guessed offline from one captured signed command."""
-
 STOP_TIMEOUT_S = 4.0
 """Components get this long to finish after SIGTERM; systemd allows more, we promise 5 s."""
 
@@ -100,6 +98,7 @@ class App:
         backoff: Backoff | None = None,
         watchdog_s: float | None = None,
         uploader: LogUploader | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._config_path = config_path
         set_zone(settings.gateway.timezone)
@@ -117,6 +116,8 @@ class App:
         self.restart_required: list[str] = []
         self._extra_components = list(extra_components)
         self._uploader = uploader
+        self._rng = rng
+        """The link's reconnect jitter; tests pass a seeded one."""
         self.state = StateStore()
         self.outbox: Outbox | None = None
         self.events: EventHub | None = None
@@ -197,6 +198,7 @@ class App:
             started_at=self._started_at,
             boot_count=boot_count,
             clock_synced=clock_synced,
+            rng=self._rng,
         )
         system = SystemMonitor(
             self.state, details=self._system_details, refresh=self.outbox.refresh_oldest_age
@@ -483,21 +485,7 @@ def _read_key(path: Path | None) -> bytes | None:
     """The command-signing key, if one is configured."""
     if path is None:
         return None
-    try:
-        key = path.read_bytes().strip()
-    except OSError as exc:
-        raise StartupError.single(
-            "commands.hmac_key_file", f"{path} cannot be read: {exc.strerror or exc}"
-        ) from exc
-    if not key:
-        raise StartupError.single("commands.hmac_key_file", f"{path} is empty")
-    if len(key) < MIN_HMAC_KEY_BYTES:
-        raise StartupError.single(
-            "commands.hmac_key_file",
-            f"{path} holds {len(key)} bytes; a signing key needs at least "
-            f"{MIN_HMAC_KEY_BYTES} (e.g. `head -c 32 /dev/urandom | base64 > {path.name}`)",
-        )
-    return key
+    return read_signing_key(path, name="commands.hmac_key_file", error=StartupError)
 
 
 def _count_boot(state_dir: Path) -> int:
