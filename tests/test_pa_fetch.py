@@ -4,18 +4,27 @@ After every failure the store must look exactly as before: the old clip of that 
 intact and no temporary file left in the clips folder. The command is a long job: what
 can be judged at once is refused at once, and while a download hangs every other PA
 command (an emergency first of all) and other downloads go on.
+
+The address guard (server-side request forgery): loopback is refused unless
+``pa.fetch_allow`` opens it, so the stores here allow 127.0.0.1; a redirect from there
+to another loopback, link-local or private address, or to a name resolving to one, is
+refused before any connection is made. Only 127.0.0.1 is ever connected to: every test
+that redirects elsewhere watches the loop's connects to prove it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-import aiohttp
 import numpy as np
 import pytest
 import soundfile as sf
@@ -33,10 +42,13 @@ from gateway.config import load_settings
 from gateway.pa import PublicAddress
 from gateway.pa.clips import MAX_FETCHES, ClipError, ClipStore
 from gateway.pa.decode import AudioFormat, open_clip
+from gateway.pa.fetch import AddressGuard, classify
 from gateway.state import StateStore
 from tests.conftest import ConfigFile
 
 CAP = 300_000
+LOOPBACK = AddressGuard(["127.0.0.1"])
+"""The tests' own server may be reached: pa.fetch_allow = ["127.0.0.1"]."""
 
 
 def tone_mp3(tmp_path: Path, seconds: float = 3.0) -> bytes:
@@ -62,10 +74,13 @@ class ClipServer:
     """Opens /slow."""
     files: dict[str, bytes] = field(default_factory=dict)
     """Served at /file/NAME."""
+    requests: list[str] = field(default_factory=list)
+    """Every path asked for, in order."""
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self.count])
         app.router.add_get("/clip", self.good)
+        app.router.add_get("/redirect", self.redirect)
         app.router.add_get("/hop/{n}", self.hop)
         app.router.add_get("/loop", self.loop)
         app.router.add_get("/hang", self.hang)
@@ -76,6 +91,18 @@ class ClipServer:
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/file/{name}", self.file)
         return app
+
+    @web.middleware
+    async def count(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        self.requests.append(request.path)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        """Redirects to ``?to=``."""
+        raise web.HTTPFound(request.query["to"])
 
     async def slow(self, request: web.Request) -> web.Response:
         """The clip, once the test opens the gate."""
@@ -149,7 +176,7 @@ async def server(tmp_path: Path) -> AsyncIterator[ClipServer]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ClipStore:
-    return ClipStore(tmp_path / "clips", max_bytes=CAP)
+    return ClipStore(tmp_path / "clips", max_bytes=CAP, guard=LOOPBACK)
 
 
 async def test_good_fetch_lands_in_the_store(server: ClipServer, store: ClipStore) -> None:
@@ -166,12 +193,6 @@ async def test_good_fetch_lands_in_the_store(server: ClipServer, store: ClipStor
 async def test_fetch_follows_up_to_five_redirects(server: ClipServer, store: ClipStore) -> None:
     info = await store.fetch("hopped", f"{server.base}/hop/4", sha(server.clip))
     assert info.sha256 == sha(server.clip)
-
-
-async def test_fetch_uses_a_given_session(server: ClipServer, store: ClipStore) -> None:
-    async with aiohttp.ClientSession() as session:
-        await store.fetch("s", f"{server.base}/clip", sha(server.clip), session=session)
-        assert not session.closed
 
 
 @pytest.mark.parametrize(
@@ -212,6 +233,7 @@ async def test_failed_fetch_changes_nothing(
     with pytest.raises(ClipError) as caught:
         await store.fetch("news", f"{server.base}{path}", expected, timeout_s=2.0)
     assert caught.value.key in key.split("|"), caught.value
+    assert_says_nothing_of_the_socket_or_body(caught.value)
     assert time.monotonic() - started < 30  # nothing waits for a hung server's whole body
     assert store.info("news") == before
     assert store.path("news").read_bytes() == old
@@ -246,9 +268,46 @@ async def test_bad_fetch_arguments(store: ClipStore, name: str, url: str, digest
 
 
 async def test_connection_refused_is_fetch_failed(store: ClipStore) -> None:
+    """A closed port and a hung server read alike: no port scanner in the replies."""
     with pytest.raises(ClipError) as caught:
         await store.fetch("x", "http://127.0.0.1:9/clip", "0" * 64, timeout_s=5)
     assert caught.value.key == "fetch_failed"
+    assert_says_nothing_of_the_socket_or_body(caught.value)
+
+
+def assert_says_nothing_of_the_socket_or_body(error: ClipError) -> None:
+    """A reply names at most the HTTP status: no errno, no socket error, no digest of
+    what was read (which would confirm the content of a file the asker cannot read)."""
+    message = str(error)
+    for leak in ("Errno", "errno", "Connect call", "Cannot connect", "onnection refused", "111"):
+        assert leak not in message, message
+    if error.key == "bad_checksum":
+        assert message == "the download does not match the given sha256"
+    if error.key == "fetch_failed":
+        assert message.startswith(("the download failed", "the server answered", "more than"))
+
+
+@pytest.mark.parametrize(
+    ("path", "digest", "key", "message"),
+    [
+        ("/missing", None, "fetch_failed", "the server answered 404"),
+        ("/clip", "0" * 64, "bad_checksum", "the download does not match the given sha256"),
+    ],
+)
+async def test_error_replies_name_the_status_at_most(
+    server: ClipServer,
+    store: ClipStore,
+    *,
+    path: str,
+    digest: str | None,
+    key: str,
+    message: str,
+) -> None:
+    """Not the digest of what was read: that would confirm a file the asker cannot read."""
+    with pytest.raises(ClipError) as caught:
+        await store.fetch("x", f"{server.base}{path}", digest or sha(server.clip), timeout_s=5)
+    assert (caught.value.key, str(caught.value)) == (key, message)
+    assert sha(server.clip) not in str(caught.value)
 
 
 async def test_fetches_of_one_name_keep_their_order(server: ClipServer, store: ClipStore) -> None:
@@ -290,7 +349,9 @@ async def test_a_fetched_bomb_is_refused(server: ClipServer, store: ClipStore) -
 
 @pytest.fixture
 async def pa(config_file: ConfigFile) -> AsyncIterator[PublicAddress]:
-    """The PA component as the daemon builds it (null backend), without the daemon."""
+    """The PA component as the daemon builds it (null backend), without the daemon;
+    ``pa.fetch_allow`` opens the test server's 127.0.0.1."""
+    config_file.write(replace={"[pa]\n": '[pa]\nfetch_allow = ["127.0.0.1"]\n'})
     component = PublicAddress(
         load_settings(config_file.path), state=StateStore(), on_event=lambda event: None
     )
@@ -375,3 +436,214 @@ async def test_too_many_fetches_at_once_are_busy(server: ClipServer, pa: PublicA
     with pytest.raises(CommandError) as caught:
         await failing.work
     assert caught.value.key == "fetch_failed"
+
+
+# The address guard.
+
+
+@pytest.fixture
+async def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every address the event loop connects a socket to (aiohttp's connections). A
+    connect outside 127.0.0.1 is refused here, so a broken guard cannot reach out."""
+    loop = asyncio.get_running_loop()
+    real = loop.sock_connect
+    seen: list[str] = []
+
+    async def sock_connect(sock: socket.socket, address: Any) -> None:
+        seen.append(str(address[0]))
+        if address[0] != "127.0.0.1":
+            raise ConnectionRefusedError(f"the test refused a connection to {address[0]}")
+        await real(sock, address)
+
+    monkeypatch.setattr(loop, "sock_connect", sock_connect)
+    return seen
+
+
+@pytest.fixture
+def names(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Host names the test resolves itself (name -> address), no DNS involved."""
+    table: dict[str, str] = {}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host in table:
+            return real(table[host], port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return table
+
+
+def port_of(server: ClipServer) -> int:
+    return int(server.base.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("8.8.8.8", "public"),
+        ("2001:4860:4860::8888", "public"),
+        ("127.0.0.1", "loopback"),
+        ("127.0.0.2", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1", "link-local"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("100.64.0.1", "private"),
+        ("fd00::1", "private"),
+        ("64:ff9b::a01:203", "private"),  # NAT64 of 10.1.2.3
+        ("2002:c0a8:101::1", "private"),  # 6to4 of 192.168.1.1
+        ("0.0.0.0", "unspecified"),  # noqa: S104
+        ("0.1.2.3", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("255.255.255.255", "reserved"),
+    ],
+)
+def test_address_kinds(address: str, kind: str) -> None:
+    assert classify(ipaddress.ip_address(address)) == kind
+
+
+def test_fetch_allow_opens_private_ranges_but_never_the_rest() -> None:
+    def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(text)
+
+    guard = AddressGuard(["10.0.0.0/8", "fd00::/8", "Files.Lan", "127.0.0.1"])
+    assert guard.refusal("x", ip("8.8.8.8")) is None
+    assert guard.refusal("x", ip("10.9.9.9")) is None
+    assert guard.refusal("x", ip("fd00::5")) is None
+    assert guard.refusal("x", ip("::ffff:127.0.0.1")) is None
+    assert guard.refusal("x", ip("127.0.0.2")) == "loopback address, not in pa.fetch_allow"
+    assert guard.refusal("x", ip("192.168.1.1")) == "private address, not in pa.fetch_allow"
+    assert guard.refusal("files.lan.", ip("192.168.1.1")) is None
+    assert AddressGuard().refusal("x", ip("127.0.0.1")) is not None
+    wide = AddressGuard(["0.0.0.0/0", "::/0", "anything"])
+    assert wide.refusal("x", ip("169.254.1.1")) is None
+    never_reached = ("0.0.0.0", "224.0.0.1", "240.0.0.1", "255.255.255.255", "::", "ff02::1")  # noqa: S104
+    for never in never_reached:
+        assert wide.refusal("anything", ip(never)) is not None, never
+
+
+async def test_loopback_is_refused_unless_allowed(
+    server: ClipServer, tmp_path: Path, connects: list[str]
+) -> None:
+    """Without pa.fetch_allow the test server is out of reach, by address (refused before
+    the download starts) and by name (refused once resolved); with it, it is not."""
+    strict = ClipStore(tmp_path / "strict", max_bytes=CAP)
+    for url in (f"{server.base}/clip", f"http://localhost:{port_of(server)}/clip"):
+        with pytest.raises(ClipError) as caught:
+            await strict.fetch("x", url, sha(server.clip), timeout_s=5)
+        assert caught.value.key == "forbidden", caught.value
+        assert "loopback address, not in pa.fetch_allow" in str(caught.value)
+    assert (server.requests, connects) == ([], [])
+    assert sorted(p.name for p in strict.root.iterdir()) == []
+
+    allowed = ClipStore(tmp_path / "allowed", max_bytes=CAP, guard=AddressGuard(["127.0.0.0/8"]))
+    assert (await allowed.fetch("x", f"{server.base}/clip", sha(server.clip))).name == "x"
+    assert (server.requests, connects) == (["/clip"], ["127.0.0.1"])
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.2:{port}/clip",  # loopback, but not the allowed address
+        "http://[::1]:{port}/clip",
+        "http://[::ffff:127.0.0.2]:{port}/clip",
+        "http://169.254.169.254/latest/meta-data/",  # a cloud's metadata service
+        "http://[fe80::1%25eth0]/clip",
+        "http://10.1.2.3/clip",
+        "http://172.16.0.1/clip",
+        "http://192.168.1.1/cgi-bin/luci",  # the village router
+        "http://100.64.0.1/clip",
+        "http://[fd00::1]/clip",
+        "http://0.0.0.0:{port}/clip",
+        "http://224.0.0.1/clip",
+        "http://2130706434:{port}/clip",  # 127.0.0.2 as one number
+        "http://127.2:{port}/clip",
+        "http://0x7f.2:{port}/clip",
+        "http://rebound.test:{port}/clip",  # a name that resolves into the LAN
+        "http://metadata.test/latest/",  # and one that resolves to link-local
+    ],
+)
+async def test_a_redirect_into_the_lan_is_refused_before_connecting(
+    server: ClipServer,
+    store: ClipStore,
+    names: dict[str, str],
+    connects: list[str],
+    target: str,
+) -> None:
+    """From the allowed server, a redirect to anywhere else that is not public is
+    ``forbidden``, and nothing but the allowed server was ever connected to."""
+    names.update({"rebound.test": "192.168.1.1", "metadata.test": "169.254.169.254"})
+    url = target.format(port=port_of(server))
+    with pytest.raises(ClipError) as caught:
+        await store.fetch(
+            "x", f"{server.base}/redirect?to={quote(url, safe='')}", sha(server.clip), timeout_s=5
+        )
+    assert caught.value.key == "forbidden", caught.value
+    assert server.requests == ["/redirect"]
+    assert connects == ["127.0.0.1"]
+    assert sorted(p.name for p in store.root.iterdir()) == []
+
+
+async def test_a_host_named_in_fetch_allow_is_reached_by_that_name_only(
+    server: ClipServer, tmp_path: Path, names: dict[str, str], connects: list[str]
+) -> None:
+    """pa.fetch_allow = ["clips.commune.test"]: that name may resolve into the LAN (the
+    commune's file server); a redirect from it to its address by number is another host."""
+    names["clips.commune.test"] = "127.0.0.1"
+    store = ClipStore(tmp_path / "clips", max_bytes=CAP, guard=AddressGuard(["clips.commune.test"]))
+    base = f"http://clips.commune.test:{port_of(server)}"
+    assert (await store.fetch("x", f"{base}/clip", sha(server.clip))).name == "x"
+    with pytest.raises(ClipError) as caught:
+        await store.fetch(
+            "y", f"{base}/redirect?to={server.base}/clip", sha(server.clip), timeout_s=5
+        )
+    assert caught.value.key == "forbidden"
+    assert server.requests == ["/clip", "/redirect"]
+    assert connects == ["127.0.0.1", "127.0.0.1"]
+
+
+async def test_fetch_and_play_without_fetch_allow_refuse_loopback(
+    server: ClipServer, config_file: ConfigFile
+) -> None:
+    """The daemon's PA with no pa.fetch_allow: a fetch or a stream by address is
+    refused at once (``forbidden``); a stream by a name that resolves to loopback fails
+    with ``forbidden`` as soon as it is resolved, and is not tried again."""
+    events: list[dict[str, Any]] = []
+    failed = asyncio.Event()
+
+    def on_event(event: dict[str, Any]) -> None:
+        events.append(event)
+        if event["type"] == "pa.failed":
+            failed.set()
+
+    settings = load_settings(config_file.path)
+    component = PublicAddress(settings, state=StateStore(), on_event=on_event)
+    component.open()
+    handlers = component.handlers()
+    try:
+        with pytest.raises(CommandError) as caught:
+            await handlers["pa.clip.fetch"](
+                fetch_args("x", f"{server.base}/clip", server.clip), "mqtt"
+            )
+        assert caught.value.key == "forbidden"
+        with pytest.raises(CommandError) as caught:
+            await handlers["pa.play"](PaPlayArgs(url=f"{server.base}/live"), "mqtt")
+        assert caught.value.key == "forbidden"
+
+        by_name = f"http://localhost:{port_of(server)}/live?token=1"
+        play = await handlers["pa.play"](PaPlayArgs(url=by_name), "mqtt")
+        assert isinstance(play, dict)
+        await asyncio.wait_for(failed.wait(), 5)
+        reasons = [e["reason"] for e in events if e["type"] == "pa.failed"]
+        assert reasons == ["forbidden"], events
+        await asyncio.sleep(1.5)  # a dropped stream would have tried again after 1 s
+    finally:
+        component.close()
+    assert server.requests == []

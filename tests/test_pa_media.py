@@ -1,7 +1,8 @@
 """PA media: decoding files and live streams to the output format, and the clip store.
 
 Test audio is generated here with soundfile itself (the decoder library), never
-downloaded; live streams come from aiohttp servers on 127.0.0.1 started by the tests.
+downloaded; live streams come from aiohttp servers on 127.0.0.1 started by the tests,
+which the streams may reach because their guard allows that address (``pa.fetch_allow``).
 Frequency is measured by interpolated zero crossings, level as RMS relative to a full
 scale sine, both on the middle of the signal so fades and codec delay do not count.
 """
@@ -11,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,8 +37,10 @@ from gateway.pa.decode import (
     open_stream,
     probe,
 )
+from gateway.pa.fetch import AddressGuard
 
 OUT = AudioFormat(48_000, 2)
+LOOPBACK = AddressGuard(["127.0.0.1"])
 TONE_HZ = 440.0
 TONE_AMP = 0.5  # -6.02 dBFS
 Wave = npt.NDArray[np.float64]
@@ -315,7 +320,8 @@ class StreamServer:
     """An aiohttp server on 127.0.0.1 whose behaviour each test scripts per connection."""
 
     behaviours: list[str]
-    """One per connection (the last repeats): good, stall, garbage, close, 404, hang."""
+    """One per connection (the last repeats): good, stall, garbage, close, 404, hang,
+    or ``redirect:URL``."""
     payload: bytes
     chunk_s: float = 0.05
     url: str = ""
@@ -327,6 +333,8 @@ class StreamServer:
         self.connections += 1
         if behaviour == "404":
             return web.Response(status=404, text="no such mount")
+        if behaviour.startswith("redirect:"):
+            raise web.HTTPFound(behaviour.removeprefix("redirect:"))
         if behaviour == "hang":  # accepts, never answers
             await self.release.wait()
             return web.Response(status=503)
@@ -390,7 +398,7 @@ async def test_live_stream_decodes_to_the_tone(tmp_path: Path, serve: ServeFn, e
         payload = payload[1001:]  # an Icecast listener joins mid-frame
         assert mpeg_sync(payload) is not None
     server = await serve(["good"], payload, chunk_s=0.01)
-    source = open_stream(server.url, OUT, connect_timeout_s=5, give_up_after_s=30)
+    source = open_stream(server.url, OUT, guard=LOOPBACK, connect_timeout_s=5, give_up_after_s=30)
     try:
         pcm = await asyncio.to_thread(collect, source, 4.0)
     finally:
@@ -402,7 +410,7 @@ async def test_live_stream_decodes_to_the_tone(tmp_path: Path, serve: ServeFn, e
 async def test_live_stream_reconnects_after_a_drop(tmp_path: Path, serve: ServeFn) -> None:
     """The server closes mid-stream, then serves again: audio goes on, one reconnect."""
     server = await serve(["close", "good"], long_tone(tmp_path, "mp3"), chunk_s=0.01)
-    source = open_stream(server.url, OUT, give_up_after_s=30)
+    source = open_stream(server.url, OUT, guard=LOOPBACK, give_up_after_s=30)
     try:
         pcm = await asyncio.to_thread(collect, source, 10.0)
     finally:
@@ -423,7 +431,12 @@ async def test_dead_stream_fails_clearly(
     """
     server = await serve(behaviours, long_tone(tmp_path, "mp3"), chunk_s=0.01)
     source = open_stream(
-        server.url, OUT, connect_timeout_s=1.0, give_up_after_s=4.0, max_buffer_s=1.0
+        server.url,
+        OUT,
+        connect_timeout_s=1.0,
+        give_up_after_s=4.0,
+        max_buffer_s=1.0,
+        guard=LOOPBACK,
     )
 
     def drain() -> tuple[int, DecodeError]:
@@ -449,7 +462,7 @@ async def test_dead_stream_fails_clearly(
 async def test_close_aborts_a_blocked_read_promptly(tmp_path: Path, serve: ServeFn) -> None:
     """The player preempts a stream that is waiting for data: read() returns within 1 s."""
     server = await serve(["hang"], b"")
-    source = open_stream(server.url, OUT, connect_timeout_s=10, give_up_after_s=60)
+    source = open_stream(server.url, OUT, guard=LOOPBACK, connect_timeout_s=10, give_up_after_s=60)
     result: list[bytes] = []
     reader = threading.Thread(target=lambda: result.append(source.read(4800)))
     reader.start()
@@ -464,7 +477,7 @@ async def test_close_aborts_a_blocked_read_promptly(tmp_path: Path, serve: Serve
 async def test_stream_buffer_stays_bounded(tmp_path: Path, serve: ServeFn) -> None:
     """A fast server and a player that does not read: at most max_buffer_s is held."""
     server = await serve(["good"], long_tone(tmp_path, "ogg", seconds=30), chunk_s=0.0)
-    source = open_stream(server.url, OUT, max_buffer_s=2.0)
+    source = open_stream(server.url, OUT, guard=LOOPBACK, max_buffer_s=2.0)
     try:
         assert await asyncio.to_thread(source.read, 10)
         await asyncio.sleep(2.0)
@@ -477,3 +490,88 @@ def test_stream_url_must_be_http() -> None:
     with pytest.raises(DecodeError) as caught:
         open_stream("file:///etc/passwd", OUT)
     assert caught.value.key == "stream_failed"
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every address a stream connects to; anything but 127.0.0.1 is refused here, so a
+    broken guard cannot reach out of the machine."""
+    real = socket.create_connection
+    seen: list[str] = []
+
+    def create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        seen.append(address[0])
+        if address[0] != "127.0.0.1":
+            raise ConnectionRefusedError(f"the test refused a connection to {address[0]}")
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    return seen
+
+
+def drain_error(source: PcmSource) -> DecodeError:
+    try:
+        while True:
+            source.read(4800)
+    except DecodeError as exc:
+        return exc
+
+
+async def test_stream_to_loopback_is_refused_without_fetch_allow(
+    tmp_path: Path, serve: ServeFn, connections: list[str]
+) -> None:
+    """No guard given: public addresses only. By address the stream is refused at
+    open; by a name that resolves to loopback it fails with ``forbidden`` as soon as it
+    is resolved, and does not try again (no GET repeated for a minute)."""
+    server = await serve(["good"], long_tone(tmp_path, "mp3"), chunk_s=0.01)
+    with pytest.raises(DecodeError) as caught:
+        open_stream(server.url, OUT)
+    assert caught.value.key == "forbidden"
+    started = time.monotonic()
+    source = open_stream(server.url.replace("127.0.0.1", "localhost"), OUT, give_up_after_s=60)
+    try:
+        error = await asyncio.wait_for(asyncio.to_thread(drain_error, source), 10)
+        await asyncio.sleep(1.5)  # a drop would be retried after 1 s
+    finally:
+        source.close()
+    assert error.key == "forbidden"
+    assert "loopback address, not in pa.fetch_allow" in str(error)
+    assert time.monotonic() - started < 5
+    assert (server.connections, source.reconnects, connections) == (0, 0, [])
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://127.0.0.2:{port}/live", "http://169.254.169.254/live", "http://10.0.0.1/live"],
+)
+async def test_stream_redirect_into_the_lan_is_refused(
+    tmp_path: Path, serve: ServeFn, connections: list[str], target: str
+) -> None:
+    """The allowed server redirects elsewhere: ``forbidden`` before connecting there."""
+    server = await serve([], b"")
+    port = int(server.url.split(":")[2].split("/")[0])
+    server.behaviours.append(f"redirect:{target.format(port=port)}")
+    source = open_stream(server.url, OUT, give_up_after_s=60, guard=LOOPBACK)
+    try:
+        error = await asyncio.wait_for(asyncio.to_thread(drain_error, source), 10)
+        await asyncio.sleep(1.5)
+    finally:
+        source.close()
+    assert error.key == "forbidden", error
+    assert (server.connections, source.reconnects) == (1, 0)
+    assert connections == ["127.0.0.1"]
+
+
+async def test_stream_errors_do_not_name_socket_errors(serve: ServeFn) -> None:
+    """A stream that cannot connect ends with a reason that is not a socket error."""
+    server = await serve(["404"], b"")
+    closed = server.url.rsplit(":", 1)[0] + ":9/live"
+    source = open_stream(closed, OUT, give_up_after_s=1.5, guard=LOOPBACK)
+    try:
+        error = await asyncio.wait_for(asyncio.to_thread(drain_error, source), 10)
+    finally:
+        source.close()
+    assert error.key == "stream_failed"
+    assert "no connection or no answer" in str(error)
+    assert "Errno" not in str(error)
+    assert "refused" not in str(error).lower()

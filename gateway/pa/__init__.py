@@ -41,6 +41,7 @@ from gateway.log import get_logger
 from gateway.pa.amplifier import Amplifier
 from gateway.pa.clips import ClipStore
 from gateway.pa.decode import AudioFormat, open_clip, open_stream
+from gateway.pa.fetch import AddressGuard, RefusedAddressError
 from gateway.pa.output import NullSink, Output, PyAudioSink, Report, Sink
 from gateway.pa.player import Item, Player, QuietHours
 from gateway.pa.player import Source as PcmReader
@@ -87,8 +88,12 @@ class PublicAddress(Component):
         self._dirty = asyncio.Event()
         self.fmt = AudioFormat(rate=pa.sample_rate, channels=2)
         self._volume_path = settings.gateway.state_dir / "pa.json"
+        self._guard = AddressGuard(pa.fetch_allow)
+        """Where pa.clip.fetch and pa.play url= may connect (docs/audio.md)."""
         self.clips = ClipStore(
-            settings.gateway.state_dir / "clips", max_bytes=int(pa.max_clip_mb * 1_000_000)
+            settings.gateway.state_dir / "clips",
+            max_bytes=int(pa.max_clip_mb * 1_000_000),
+            guard=self._guard,
         )
         """The clip store (the web server uploads into it)."""
         self.output = Output(
@@ -175,6 +180,11 @@ class PublicAddress(Component):
     async def _play(self, args: BaseModel, source: Source) -> dict[str, Any]:
         assert isinstance(args, PaPlayArgs)  # noqa: S101 - the dispatcher validated it
         clip = args.clip
+        if args.url is not None:
+            try:  # an address in the URL is judged at once; a name when it is resolved
+                self._guard.check_url(args.url)
+            except RefusedAddressError as exc:
+                raise CommandError("forbidden", f"refused to connect: {exc}") from exc
         if clip is not None:
             try:
                 clip = self.clips.info(clip).name
@@ -255,7 +265,12 @@ class PublicAddress(Component):
         if item.clip is not None:
             return open_clip(self.clips.path(item.clip), self.fmt)
         assert item.url is not None  # noqa: S101 - pa.play has exactly one of them
-        return open_stream(item.url, self.fmt, connect_timeout_s=self._pa.stream_connect_timeout_s)
+        return open_stream(
+            item.url,
+            self.fmt,
+            connect_timeout_s=self._pa.stream_connect_timeout_s,
+            guard=self._guard,
+        )
 
     def _open_chime(self) -> PcmReader:
         """The chime clip, or silence if it cannot be played (the item itself still can)."""

@@ -32,13 +32,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from gateway.errors import GatewayError
 from gateway.files import write_atomic
 from gateway.log import get_logger
 from gateway.pa.decode import MAX_CLIP_S, PROBE_TIMEOUT_S, DecodeError, probe
-from gateway.pa.fetch import FetchError, download
+from gateway.pa.fetch import AddressGuard, FetchError, RefusedAddressError, download
 
 __all__ = [
     "BUNDLED",
@@ -71,7 +69,8 @@ class ClipError(GatewayError):
     ``unknown_target`` (no such clip), ``bad_args`` (bad name, URL or sha256),
     ``too_large``, ``bad_audio`` (decoding failed), ``too_long`` (over the duration cap),
     ``decode_timeout`` (the decode check took too long), ``fetch_failed`` (download
-    problem), ``bad_checksum``, ``busy`` (too many downloads at once), ``no_space`` (the
+    problem), ``bad_checksum``, ``forbidden`` (the URL points at an address a fetch may
+    not reach, docs/audio.md), ``busy`` (too many downloads at once), ``no_space`` (the
     card has no room for one more clip).
     """
 
@@ -127,8 +126,11 @@ class ClipStore:
         max_duration_s: float = MAX_CLIP_S,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
         max_fetches: int = MAX_FETCHES,
+        guard: AddressGuard | None = None,
     ) -> None:
         self.root = root
+        self.guard = guard if guard is not None else AddressGuard()
+        """Where fetches may connect (``pa.fetch_allow``); by default public addresses only."""
         self.max_bytes = max_bytes
         self.max_duration_s = max_duration_s
         self.probe_timeout_s = probe_timeout_s
@@ -191,7 +193,9 @@ class ClipStore:
 
     def check_fetch(self, name: str, url: str, sha256: str) -> str:
         """What can be judged of a fetch before it starts, at once: the clip's stored name,
-        or ClipError (``bad_args``, ``busy``, ``no_space``).
+        or ClipError (``bad_args``, ``forbidden``, ``busy``, ``no_space``). A URL that
+        names a refused address is ``forbidden`` here; a host name is judged when it is
+        resolved, during the download.
 
         ``pa.clip.fetch`` calls this to refuse at once; :meth:`fetch` checks it again.
         """
@@ -200,6 +204,10 @@ class ClipStore:
             raise ClipError("bad_args", "sha256 must be 64 hexadecimal digits")
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
             raise ClipError("bad_args", f"not an http(s) URL: {url!r}")
+        try:
+            self.guard.check_url(url)
+        except RefusedAddressError as exc:
+            raise ClipError("forbidden", f"refused to connect: {exc}") from exc
         if self._fetching >= self.max_fetches:
             raise ClipError(
                 "busy", f"{self._fetching} clips are being fetched; try again when one is done"
@@ -214,9 +222,9 @@ class ClipStore:
         sha256: str,
         *,
         timeout_s: float = 60.0,
-        session: aiohttp.ClientSession | None = None,
     ) -> ClipInfo:
-        """Download ``url`` as clip ``name``: size cap, timeout, at most 5 redirects.
+        """Download ``url`` as clip ``name``: size cap, timeout, at most 5 redirects,
+        every connection through :attr:`guard`.
 
         The sha256 is checked, then the content decoded, and only then is the file
         renamed into place; on any failure nothing of the download remains. A fetch of a
@@ -227,7 +235,7 @@ class ClipStore:
         self._fetching += 1
         try:
             async with self._writing(key):
-                return await self._fetch(key, url, sha256.lower(), timeout_s, session)
+                return await self._fetch(key, url, sha256.lower(), timeout_s)
         finally:
             self._fetching -= 1
 
@@ -269,7 +277,6 @@ class ClipStore:
         url: str,
         sha256: str,
         timeout_s: float,
-        session: aiohttp.ClientSession | None,
     ) -> ClipInfo:
         temp = self._temp(key)
         try:
@@ -280,10 +287,12 @@ class ClipStore:
                     sha256=sha256,
                     max_bytes=self.max_bytes,
                     timeout_s=timeout_s,
-                    session=session,
+                    guard=self.guard,
                 )
             except FetchError as exc:
-                _log.warning("pa.clip_fetch_failed", clip=key, url=url, reason=str(exc))
+                _log.warning(
+                    "pa.clip_fetch_failed", clip=key, url=url, reason=exc.key, detail=exc.detail
+                )
                 raise ClipError(exc.key, str(exc)) from exc
             return await self._commit(key, temp, sha256, size)
         finally:

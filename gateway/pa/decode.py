@@ -40,6 +40,7 @@ import soundfile as sf
 
 from gateway.errors import GatewayError
 from gateway.log import get_logger
+from gateway.pa.fetch import AddressGuard, RefusedAddressError
 
 __all__ = [
     "MAX_CHANNELS",
@@ -97,7 +98,8 @@ class DecodeError(GatewayError):
     """Not audio / unsupported / truncated / too long / stream gone.
 
     ``key`` is a reply error code: ``bad_audio`` for files (``too_long`` and
-    ``decode_timeout`` from :func:`probe`), ``stream_failed`` for live streams.
+    ``decode_timeout`` from :func:`probe`), ``stream_failed`` for live streams,
+    ``forbidden`` for a stream whose address the guard refuses (pa.fetch_allow).
     """
 
     def __init__(self, key: str, message: str) -> None:
@@ -515,6 +517,11 @@ class StreamSource:
     ``stall_timeout_s``, undecodable bytes) means a new connection after 1, 2, 4 … up to
     ``max_retry_s`` seconds. read() raises DecodeError("stream_failed") once no audio has
     arrived for ``give_up_after_s``, so a dead stream never plays silence forever.
+
+    Every connection, the first and one per redirect, goes through ``guard``
+    (:class:`gateway.pa.fetch.AddressGuard`: public addresses, plus what
+    ``pa.fetch_allow`` opens): a refused address fails the stream at once with
+    ``forbidden``, without a retry.
     """
 
     def __init__(
@@ -528,10 +535,13 @@ class StreamSource:
         give_up_after_s: float,
         stall_timeout_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        guard: AddressGuard | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise DecodeError("stream_failed", f"not an http(s) stream URL: {url!r}")
+        self._guard = guard if guard is not None else AddressGuard()
+        _check_address(self._guard, parts.hostname)
         self.fmt = fmt
         self.url = url
         self.connect_timeout_s = connect_timeout_s
@@ -628,15 +638,23 @@ class StreamSource:
             try:
                 self._connect_once()
                 self.last_error = "the server closed the stream"
+                detail = self.last_error
             except _ClosedError:
                 return
+            except RefusedAddressError as exc:  # no retry: the answer would be the same
+                _log.warning("pa.stream_refused", url=self.url, reason=str(exc))
+                with self._cond:
+                    self._failed = DecodeError("forbidden", f"refused to connect: {exc}")
+                    self._stop_locked()
+                return
             except Exception as exc:  # any failure is a drop; read() gives up in time
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = _public_reason(exc)
+                detail = f"{type(exc).__name__}: {exc}"
             if self._stopped():
                 return
             if self._last_audio > heard and self._clock() - started > backoff:
                 backoff = 1.0  # the connection played for a while: a fresh drop
-            _log.warning("pa.stream_dropped", url=self.url, reason=self.last_error, retry_s=backoff)
+            _log.warning("pa.stream_dropped", url=self.url, reason=detail, retry_s=backoff)
             with self._cond:
                 self._cond.wait_for(lambda: self._closed or self._failed is not None, backoff)
             backoff = min(backoff * 2, self.max_retry_s)
@@ -677,6 +695,8 @@ class StreamSource:
                 else http.client.HTTPConnection
             )
             conn = conn_class(host, parts.port, timeout=self.connect_timeout_s)
+            # connect() opens its socket through this: only to addresses the guard allows.
+            conn._create_connection = self._guard.create_connection  # type: ignore[attr-defined]
             conn.connect()
             assert conn.sock is not None  # noqa: S101  (connect() sets it or raises)
             conn.sock.settimeout(self.stall_timeout_s)
@@ -699,7 +719,7 @@ class StreamSource:
                 continue
             if response.status != 200:
                 conn.close()
-                raise OSError(f"HTTP {response.status} {response.reason}")
+                raise _HttpStatusError(f"HTTP {response.status} {response.reason}"[:80])
             return response, conn
         raise OSError(f"more than {_MAX_REDIRECTS} redirects")
 
@@ -778,6 +798,26 @@ class StreamSource:
             self._cond.notify_all()
 
 
+class _HttpStatusError(OSError):
+    """The server answered, with something other than 200 or a redirect."""
+
+
+def _public_reason(exc: BaseException) -> str:
+    """What a drop's reason may say outside the Pi (the pa.failed event): the HTTP
+    status or what the decoder found, never socket errors (a port scanner's answer)."""
+    if isinstance(exc, _HttpStatusError | DecodeError):
+        return str(exc)
+    return "no connection or no answer"
+
+
+def _check_address(guard: AddressGuard, host: str) -> None:
+    """DecodeError("forbidden") at once for a URL written with a refused address."""
+    try:
+        guard.check_host(host)
+    except RefusedAddressError as exc:
+        raise DecodeError("forbidden", f"refused to connect: {exc}") from exc
+
+
 def open_stream(
     url: str,
     fmt: AudioFormat,
@@ -787,12 +827,14 @@ def open_stream(
     max_retry_s: float = 30.0,
     give_up_after_s: float = 60.0,
     stall_timeout_s: float | None = None,
+    guard: AddressGuard | None = None,
 ) -> StreamSource:
     """Start receiving an HTTP/Icecast MP3 or OGG Vorbis stream, converted to ``fmt``.
 
     Returns at once (connecting happens in the background); read() blocks until audio
     arrives. ``stall_timeout_s`` (default: the connect timeout) is how long a connection
-    may send nothing before it counts as dropped.
+    may send nothing before it counts as dropped. ``guard`` says where it may connect
+    (default: public addresses only).
     """
     return StreamSource(
         url,
@@ -802,4 +844,5 @@ def open_stream(
         max_retry_s=max_retry_s,
         give_up_after_s=give_up_after_s,
         stall_timeout_s=stall_timeout_s,
+        guard=guard,
     )
