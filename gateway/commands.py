@@ -474,6 +474,10 @@ class Dispatcher:
             task.cancel()
         self._journal.close()
 
+    def handled_types(self) -> list[str]:
+        """The command types this gateway runs (others answer ``not_available``)."""
+        return list(self._handlers)
+
     @property
     def running(self) -> int:
         """Commands (and long jobs) running or waiting for their lane."""

@@ -223,7 +223,7 @@ async def test_amplifier_on_before_warmup_off_after_idle_and_on_sigterm(
         relay = app.control.relays._relays["amplifier"]
         pin, active = relay.device.pin, relay.config.active_high
         assert pin.state is not active  # off at start
-        reply = await app.dispatcher.dispatch(  # type: ignore[union-attr]
+        reply = await app.dispatcher.dispatch(
             {"id": "amp-1", "type": "pa.play", "args": {"clip": "chime"}}, "web"
         )
         assert reply.status == "done", reply
@@ -234,7 +234,7 @@ async def test_amplifier_on_before_warmup_off_after_idle_and_on_sigterm(
         assert firsts[0] - ons[0] >= 0.6
         assert offs[0] - finished[0] >= 1.5 - 0.1
         # Again, and this time the daemon stops mid-play.
-        await app.dispatcher.dispatch(  # type: ignore[union-attr]
+        await app.dispatcher.dispatch(
             {"id": "amp-2", "type": "pa.play", "args": {"clip": "test-tone", "repeat": 5}},
             "web",
         )
@@ -267,7 +267,7 @@ async def test_master_volume_is_kept_across_restarts(config_file: ConfigFile) ->
     config_file.write()
     first = App(load_settings(config_file.path))
     async with running(first):
-        reply = await first.dispatcher.dispatch(  # type: ignore[union-attr]
+        reply = await first.dispatcher.dispatch(
             {"id": "vol-1", "type": "pa.volume", "args": {"volume": 35}}, "web"
         )
         assert reply.status == "done", reply

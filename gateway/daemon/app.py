@@ -27,6 +27,7 @@ from gateway.clock import now_iso, set_zone
 from gateway.commands import Dispatcher, Handler, LogLevelArgs, Source, read_signing_key
 from gateway.component import Backoff, Component, Health, supervise
 from gateway.config import Settings, flatten, load_settings
+from gateway.daemon.parts import Parts
 from gateway.errors import ConfigError, StartupError
 from gateway.events import EventHub
 from gateway.files import write_atomic
@@ -119,14 +120,7 @@ class App:
         self._rng = rng
         """The link's reconnect jitter; tests pass a seeded one."""
         self.state = StateStore()
-        self.outbox: Outbox | None = None
-        self.events: EventHub | None = None
-        self.link: Link | None = None
-        self.dispatcher: Dispatcher | None = None
-        self.control: Control | None = None
-        self.hotspots: HotspotMonitor | None = None
-        self.pa: PublicAddress | None = None
-        self.components: list[Component] = []
+        self._parts: Parts | None = None
         self.healths: dict[str, Health] = {}
         self._watchdog_withheld: str | None = None
         self.loop_lag = LoopLag()
@@ -135,11 +129,11 @@ class App:
             loop_lag=self.loop_lag.stats,
             started=self._started,
             healths=self.healths.values,
-            outbox=lambda: self.outbox.stats() if self.outbox else None,
-            link=lambda: self.link.stats if self.link else None,
+            outbox=lambda: self._parts.outbox.stats() if self._parts else None,
+            link=lambda: self._parts.link.stats if self._parts else None,
             extra=[
                 StateCollector(
-                    self.state.all, lambda: self.dispatcher.counts if self.dispatcher else {}
+                    self.state.all, lambda: self._parts.dispatcher.counts if self._parts else {}
                 )
             ],
         )
@@ -150,45 +144,97 @@ class App:
             registry=registry,
             state=self.state,
             settings=self.settings,
-            link_online=lambda: self.link is not None and self.link.stats.connected,
+            link_online=lambda: self._parts is not None and self._parts.link.stats.connected,
         )
 
-    async def _build(self) -> None:
-        """Open the outbox, then make the components that use it."""
+    # -- the parts, once built ----------------------------------------------------------
+
+    @property
+    def parts(self) -> Parts:
+        """Everything the daemon runs; built by :meth:`run` (an error before that)."""
+        if self._parts is None:
+            raise RuntimeError("the daemon is not built yet: App.run() builds it")
+        return self._parts
+
+    @property
+    def outbox(self) -> Outbox:
+        """The outbox (see :attr:`parts`)."""
+        return self.parts.outbox
+
+    @property
+    def events(self) -> EventHub:
+        """The events hub (see :attr:`parts`)."""
+        return self.parts.events
+
+    @property
+    def control(self) -> Control:
+        """The relay bank and the scheduler (see :attr:`parts`)."""
+        return self.parts.control
+
+    @property
+    def pa(self) -> PublicAddress:
+        """The loudspeakers (see :attr:`parts`)."""
+        return self.parts.pa
+
+    @property
+    def hotspots(self) -> HotspotMonitor:
+        """The hotspot monitor (see :attr:`parts`)."""
+        return self.parts.hotspots
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The one command path (see :attr:`parts`)."""
+        return self.parts.dispatcher
+
+    @property
+    def link(self) -> Link:
+        """The MQTT session (see :attr:`parts`)."""
+        return self.parts.link
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        """What runs under the TaskGroup; nothing before :meth:`run` built it."""
+        return self._parts.components if self._parts is not None else ()
+
+    async def _build(self) -> Parts:
+        """Open the outbox, then make every part that uses it, whole."""
         settings = self.settings
         boot_count = _count_boot(settings.gateway.state_dir)
-        self.outbox = await Outbox.open(
+        outbox = await Outbox.open(
             settings.gateway.state_dir,
             max_bytes=int(settings.outbox.max_mb * 1_000_000),
             commit_window_s=settings.outbox.commit_window_ms / 1000,
         )
         if self._uploader is not None:
-            self._uploader.attach(self.outbox)
-        self.events = EventHub(self.outbox, feed=self.web.event)
-        self.control = Control(
-            settings, state=self.state, on_event=self.events.emit, demo=self._demo
+            self._uploader.attach(outbox)
+        events = EventHub(outbox, feed=self.web.event)
+        control = Control(settings, state=self.state, on_event=events.emit, demo=self._demo)
+        pa = PublicAddress(settings, state=self.state, on_event=events.emit, relays=control.relays)
+        hotspots = HotspotMonitor(
+            settings.hotspots, settings.uplink, state=self.state, on_event=events.emit
         )
-        self.pa = PublicAddress(
-            settings, state=self.state, on_event=self.events.emit, relays=self.control.relays
-        )
-        self.hotspots = HotspotMonitor(
-            settings.hotspots, settings.uplink, state=self.state, on_event=self.events.emit
-        )
-        self.dispatcher = Dispatcher(
+        handlers: dict[str, Handler] = {
+            "system.ping": self._ping,
+            "log.level": self._log_level,
+            "hotspots.probe": self._hotspots_probe,
+            **control.handlers(),
+            **pa.handlers(),
+        }
+        dispatcher = Dispatcher(
             state_dir=settings.gateway.state_dir,
-            handlers=self._handlers(),
-            outbox=self.outbox,
-            events=self.events,
+            handlers=handlers,
+            outbox=outbox,
+            events=events,
             clock_synced=clock_synced,
             default_ttl_s=settings.commands.default_ttl_s,
             max_bytes=settings.commands.max_bytes,
         )
-        self.link = Link(
+        link = Link(
             settings,
-            self.outbox,
+            outbox,
             self.state,
             on_command=Downlink(
-                self.dispatcher,
+                dispatcher,
                 Topics(settings.mqtt.topic_prefix, settings.gateway.id),
                 settings.gateway.groups,
                 hmac_key=_read_key(settings.commands.hmac_key_file),
@@ -201,51 +247,40 @@ class App:
             rng=self._rng,
         )
         system = SystemMonitor(
-            self.state, details=self._system_details, refresh=self.outbox.refresh_oldest_age
+            self.state, details=self._system_details, refresh=outbox.refresh_oldest_age
         )
         telemetry = Telemetry(
-            self.outbox,
+            outbox,
             state_dir=settings.gateway.state_dir,
             interval_s=settings.telemetry.interval_s,
             extra=self._telemetry_extra,
         )
         try:
-            self.control.open(self.dispatcher.dispatch)
+            control.open(dispatcher.dispatch)
         except RelayError as exc:
             raise StartupError.single("relays", str(exc)) from exc
-        self.pa.open()
-        self.components = [
-            self.control.relays,
-            self.control.scheduler,
-            self.pa,
+        pa.open()
+        components = (
+            control.relays,
+            control.scheduler,
+            pa,
             system,
-            self.link,
+            link,
             telemetry,
-            self.hotspots,
+            hotspots,
             self.loop_lag,
             *self._extra_components,
-        ]
-        self.healths.update(
-            (c.name, Health(c.name, c.critical, c.heartbeat_timeout_s)) for c in self.components
         )
+        self.healths.update(
+            (c.name, Health(c.name, c.critical, c.heartbeat_timeout_s)) for c in components
+        )
+        return Parts(outbox, events, control, pa, hotspots, dispatcher, link, components)
 
     def handled_types(self) -> list[str]:
         """The command types this gateway runs (others answer ``not_available``)."""
-        return sorted(self._handlers())
-
-    def _handlers(self) -> dict[str, Handler]:
-        """The command types this gateway runs, by type (a table, not an if-ladder)."""
-        handlers: dict[str, Handler] = {"system.ping": self._ping, "log.level": self._log_level}
-        if self.control is not None:
-            handlers |= self.control.handlers()
-        if self.hotspots is not None:
-            handlers["hotspots.probe"] = self._hotspots_probe
-        if self.pa is not None:
-            handlers |= self.pa.handlers()
-        return handlers
+        return sorted(self.dispatcher.handled_types())
 
     async def _hotspots_probe(self, args: BaseModel, source: Source) -> dict[str, Any]:
-        assert self.hotspots is not None  # noqa: S101 - only registered once built
         return await self.hotspots.probe_now()
 
     async def _ping(self, args: BaseModel, source: Source) -> dict[str, Any]:
@@ -253,7 +288,7 @@ class App:
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "clock_synced": clock_synced(),
-            "outbox": self.outbox.stats().total_depth() if self.outbox else 0,
+            "outbox": self.outbox.stats().total_depth(),
         }
 
     async def _log_level(self, args: BaseModel, source: Source) -> dict[str, Any]:
@@ -263,27 +298,24 @@ class App:
 
     def _system_details(self) -> dict[str, Any]:
         """The outbox and link parts of the ``system`` snapshot."""
-        details: dict[str, Any] = {"started_at": self._started_at}
-        if self.outbox is not None:
-            stats = self.outbox.stats()
-            details["outbox"] = {
+        stats = self.outbox.stats()
+        return {
+            "started_at": self._started_at,
+            "outbox": {
                 "depth": stats.depth,
                 "dropped": stats.dropped,
                 "bytes": stats.bytes,
                 "disk_bytes": stats.disk_bytes,
                 "oldest_age_s": stats.oldest_age_s,
                 "epoch": stats.epoch,
-            }
-        if self.link is not None:
-            details["link"] = self.link.stats.as_dict()
-        if self.control is not None:
-            details["schedules"] = self.control.scheduler.snapshot()
-        return details
+            },
+            "link": self.link.stats.as_dict(),
+            "schedules": self.control.scheduler.snapshot(),
+        }
 
     def _telemetry_extra(self) -> dict[str, Any]:
         """What the daemon adds to each telemetry sample: outbox depth, hotspot figures."""
-        extra = {"outbox_depth": self.outbox.stats().total_depth() if self.outbox else 0}
-        return extra | (self.hotspots.telemetry() if self.hotspots is not None else {})
+        return {"outbox_depth": self.outbox.stats().total_depth(), **self.hotspots.telemetry()}
 
     def _resolve(self, settings: Settings) -> Settings:
         """In demo mode, state goes to one temporary folder unless one is configured, and
@@ -342,19 +374,15 @@ class App:
     async def run(self) -> int:
         """Start, run until stopped, stop. Returns the exit status (0)."""
         _prepare_state_dir(self.settings.gateway.state_dir)
-        await self._build()
+        self._parts = parts = await self._build()
         self.web.attach(
-            dispatcher=self.dispatcher,
-            scheduler=self.control.scheduler if self.control is not None else None,
-            clips=self.pa.clips if self.pa is not None else None,
+            dispatcher=parts.dispatcher, scheduler=parts.control.scheduler, clips=parts.pa.clips
         )
         try:
             await self.web.start()
         except BaseException:
-            if self.pa is not None:
-                self.pa.close()
-            if self.control is not None:
-                self.control.close()
+            parts.pa.close()
+            parts.control.close()
             await self._close_outbox()
             raise
         loop = asyncio.get_running_loop()
@@ -379,23 +407,19 @@ class App:
                     for c in self.components
                 ]
                 tasks.append(group.create_task(self._watchdog(), name="watchdog"))
-                if self.dispatcher is not None:
-                    # Commands claimed before a crash or stop and never answered.
-                    tasks.append(group.create_task(self._recover(), name="recover"))
+                # Commands claimed before a crash or stop and never answered.
+                tasks.append(group.create_task(self._recover(), name="recover"))
                 self._notifier.ready(self.status_line())
                 self.started.set()
                 await self._stop.wait()
                 _log.info("app.stopping")
-                if self.pa is not None:
-                    self.pa.close()  # amplifier off first: within 1 s of SIGTERM
+                parts.pa.close()  # amplifier off first: within 1 s of SIGTERM
                 self._notifier.stopping()
-                if self.link is not None:
-                    await self.link.publish_offline()
+                await parts.link.publish_offline()
                 for task in tasks:
                     task.cancel()
                 await _wait_bounded(tasks, STOP_TIMEOUT_S)
-                if self.control is not None:
-                    self.control.close()
+                parts.control.close()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
@@ -406,17 +430,17 @@ class App:
         return 0
 
     async def _recover(self) -> None:
-        assert self.dispatcher is not None  # noqa: S101 - built before run
         await self.dispatcher.recover()
 
     async def _close_outbox(self) -> None:
         """Hand logging back to the terminal only, then commit and close the outbox."""
-        if self.dispatcher is not None:
-            self.dispatcher.close()
+        parts = self._parts
+        if parts is not None:
+            parts.dispatcher.close()
         if self._uploader is not None:
             self._uploader.attach(None)
-        if self.outbox is not None:
-            await self.outbox.close()
+        if parts is not None:
+            await parts.outbox.close()
 
     async def _watchdog(self) -> None:
         """Ping systemd at half its watchdog period, only while every critical part is ok.
