@@ -11,7 +11,8 @@
 #   4. installs /etc/village-gateway/config.toml from config.example.toml, only if
 #      there is no config yet (an operator's config is never overwritten)
 #   5. installs the unit, the sysusers.d and the sysctl.d files
-#   6. applies the sysctl, reloads systemd, enables and (re)starts the service
+#   6. applies the sysctl, reloads systemd (warning when the kernel would not enforce
+#      the unit's memory limits), enables and (re)starts the service
 #
 # Settings, all from the environment:
 #   DESTDIR=DIR           stage everything under DIR instead of /. Nothing outside DIR is
@@ -157,6 +158,14 @@ fi
 # 6. Apply and start.
 sysctl -q -p "$SYSCTL_FILE"
 systemctl daemon-reload
+# The unit's MemoryHigh=/MemoryMax= need the kernel's memory controller, which Raspberry
+# Pi kernels leave off unless cmdline.txt asks for it; nothing else would say so.
+controllers=/sys/fs/cgroup/cgroup.controllers
+if [[ -r $controllers ]] && ! grep -qw memory "$controllers"; then
+    say "warning: the kernel's memory controller is off, so the unit's memory limits are not"
+    say "enforced. Add ' cgroup_enable=memory' to the line in /boot/firmware/cmdline.txt"
+    say "and reboot (docs/operations.md, \"The sandbox\")."
+fi
 systemctl enable "$NAME.service"
 if [[ $VG_NO_START == 1 ]]; then
     say "enabled; not started (VG_NO_START=1). Start it with: systemctl start $NAME"
