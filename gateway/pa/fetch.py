@@ -200,9 +200,11 @@ class AddressGuard:
         names). RefusedAddressError if it resolves only to refused ones."""
         self.check_host(host)
         infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
-        return self._keep(host, [(family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos])
+        return self.keep(host, [(family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos])
 
-    def _keep(self, host: str, found: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    def keep(self, host: str, found: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """The ``(family, address)`` pairs that ``host`` may be reached at, in order;
+        RefusedAddressError naming the refused ones when none is left."""
         kept: list[tuple[int, str]] = []
         reasons: list[str] = []
         for family, text in found:
@@ -251,7 +253,7 @@ class GuardedResolver(AbstractResolver):
         """Resolve, then drop refused addresses; RefusedAddressError if none is left."""
         self._guard.check_host(host)
         results = await self._inner.resolve(host, port, family)
-        kept = self._guard._keep(host, [(r["family"], r["host"]) for r in results])
+        kept = self._guard.keep(host, [(r["family"], r["host"]) for r in results])
         return [r for r in results if (r["family"], r["host"]) in kept]
 
     async def close(self) -> None:
