@@ -55,6 +55,7 @@ min_switch_interval_s = 0
 [pa]
 backend = "null"
 fetch_timeout_s = 3600
+fetch_allow = ["127.0.0.1"]  # the trickling server is on loopback
 """
 
 Call = Callable[[int], Awaitable[float | None]]

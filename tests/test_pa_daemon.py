@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.config import load_settings
 from gateway.daemon.app import App
-from tests.conftest import Broker, ConfigFile, Daemon
+from tests.conftest import Broker, ConfigFile, Daemon, clean_env, wait_online
 from tests.test_app import running, wait_for
 from tests.test_downlink import daemon_on, send
 from tests.test_link import subscriber
@@ -45,7 +45,7 @@ async def test_pa_commands_over_mqtt(
     commands."""
     daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
     async with subscriber(broker, f"vg/v1/{gateway}/#") as seen:
-        await asyncio.sleep(0.5)
+        await wait_online(broker, gateway)
 
         async def command(*args: str) -> dict[str, Any]:
             done = await asyncio.to_thread(send, broker, "--gateway", gateway, *args)
@@ -132,10 +132,15 @@ async def test_clip_fetch_is_accepted_then_done_and_an_emergency_does_not_wait(
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}/news.mp3"
-    daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
+
+    def start(*args: str, web_port: int) -> Daemon:  # the test's server is on loopback
+        env = clean_env(VG_PA__FETCH_ALLOW='["127.0.0.1"]')
+        return start_daemon(*args, web_port=web_port, env=env)
+
+    daemon, gateway = daemon_on(broker, config_file, start, f"g-{uuid.uuid4().hex[:6]}")
     try:
         async with subscriber(broker, f"vg/v1/{gateway}/#") as seen:
-            await asyncio.sleep(0.5)
+            await wait_online(broker, gateway)
 
             def replies() -> list[dict[str, Any]]:
                 return [
