@@ -647,3 +647,28 @@ async def test_fetch_and_play_without_fetch_allow_refuse_loopback(
     finally:
         component.close()
     assert server.requests == []
+
+
+async def test_an_uploaded_file_is_moved_into_place_not_read(
+    tmp_path: Path, store: ClipStore
+) -> None:
+    """add_file takes an upload already on the card: a good one is moved into the store
+    (the upload's file is gone, the clip plays back the same bytes); a bad one is refused
+    with its code and the store keeps what it had."""
+    data = tone_mp3(tmp_path)
+    upload = tmp_path / "uploads" / "upload-1"
+    upload.parent.mkdir()
+    upload.write_bytes(data)
+    info = await store.add_file("ban-tin", upload, sha256=sha(data), size=len(data))
+    assert (info.bytes, info.sha256) == (len(data), sha(data))
+    assert not upload.exists()
+    assert store.path(info.name).read_bytes() == data
+    junk = tmp_path / "uploads" / "upload-2"
+    junk.write_bytes(b"not audio at all" * 100)
+    with pytest.raises(ClipError) as refused:
+        await store.add_file("ban-tin", junk, sha256=sha(junk.read_bytes()), size=1600)
+    assert refused.value.key == "bad_audio"
+    assert store.path(info.name).read_bytes() == data
+    with pytest.raises(ClipError) as empty:
+        await store.add_file("other", junk, sha256=sha(b""), size=0)
+    assert empty.value.key == "bad_audio"

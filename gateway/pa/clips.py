@@ -177,11 +177,7 @@ class ClipStore:
 
     async def add(self, name: str, data: bytes) -> ClipInfo:
         """Store ``data`` as clip ``name`` (replacing one of that name) once it decodes."""
-        key = self._writable(name)
-        if len(data) > self.max_bytes:
-            raise ClipError("too_large", f"{len(data)} bytes; the cap is {self.max_bytes}")
-        if not data:
-            raise ClipError("bad_audio", "the upload is empty")
+        key = self._upload_key(name, len(data))
         self._need_room(len(data))
         async with self._writing(key):
             temp = self._temp(key)
@@ -190,6 +186,15 @@ class ClipStore:
                 return await self._commit(key, temp, hashlib.sha256(data).hexdigest(), len(data))
             finally:
                 await asyncio.to_thread(temp.unlink, missing_ok=True)
+
+    async def add_file(self, name: str, path: Path, *, sha256: str, size: int) -> ClipInfo:
+        """Store the file at ``path`` as clip ``name`` once it decodes, by moving it into
+        place: an upload streamed to the card (``sha256`` and ``size`` computed on the
+        way) is never read into memory. ``path`` must be on the clip store's filesystem;
+        the caller removes it if the clip is refused."""
+        key = self._upload_key(name, size)
+        async with self._writing(key):
+            return await self._commit(key, path, sha256.lower(), size)
 
     def check_fetch(self, name: str, url: str, sha256: str) -> str:
         """What can be judged of a fetch before it starts, at once: the clip's stored name,
@@ -240,6 +245,16 @@ class ClipStore:
             self._fetching -= 1
 
     # Internals.
+
+    def _upload_key(self, name: str, size: int) -> str:
+        """The stored name of an upload of ``size`` bytes, or ClipError (bundled name,
+        too large, empty)."""
+        key = self._writable(name)
+        if size > self.max_bytes:
+            raise ClipError("too_large", f"{size} bytes; the cap is {self.max_bytes}")
+        if size <= 0:
+            raise ClipError("bad_audio", "the upload is empty")
+        return key
 
     def _writable(self, name: str) -> str:
         key = normalise_name(name)
