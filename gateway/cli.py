@@ -72,6 +72,11 @@ def _print_config_error(error: ConfigError) -> None:
 def _check_config(path: Path) -> int:
     try:
         settings = load_settings(path)
+        if settings.commands.hmac_key_file is not None:
+            # The key is read as the daemon will read it: a short one is refused now.
+            from gateway.commands import read_signing_key  # noqa: PLC0415 - keep it light
+
+            read_signing_key(settings.commands.hmac_key_file, name="commands.hmac_key_file")
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_BAD_CONFIG

@@ -249,3 +249,20 @@ def test_example_config_documents_every_key() -> None:
             if not re.search(rf"^#? ?{key} = ", text, flags=re.MULTILINE):
                 missing.append(f"{section}.{key}")
     assert missing == []
+
+
+def test_check_config_refuses_a_short_signing_key(
+    config_file: ConfigFile, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config reads commands.hmac_key_file as the daemon will: a key shorter than
+    32 bytes is an error naming the key; a long enough one passes."""
+    key_file = tmp_path / "hmac.key"
+    key_file.write_bytes(b"short\n")
+    config_file.write(extra=f'\n[commands]\nhmac_key_file = "{key_file}"\n')
+    code, output = check_config(config_file.path, capsys)
+    assert code == 2, output
+    assert "commands.hmac_key_file" in output
+    assert "at least 32" in output
+    key_file.write_bytes(b"a-commune-key-of-forty-bytes-or-so-12345\n")
+    code, output = check_config(config_file.path, capsys)
+    assert code == 0, output
