@@ -542,7 +542,7 @@ async def test_stream_to_loopback_is_refused_without_fetch_allow(
 
 @pytest.mark.parametrize(
     "target",
-    ["http://127.0.0.2:{port}/live", "http://169.254.169.254/live", "http://10.0.0.1/live"],
+    ["http://127.0.0.2:{port}/live", "http://169.254.169.254/live", "http://[fd00::1]/live"],
 )
 async def test_stream_redirect_into_the_lan_is_refused(
     tmp_path: Path, serve: ServeFn, connections: list[str], target: str

@@ -532,12 +532,13 @@ async def test_an_open_websocket_closes_when_its_session_idles_out(tmp_path: Pat
 def test_the_client_is_the_rightmost_address_no_trusted_proxy_added() -> None:
     from ipaddress import ip_network  # noqa: PLC0415
 
-    proxies = (ip_network("10.0.0.0/8"), ip_network("127.0.0.1/32"))
-    hops = ["6.6.6.6, 198.51.100.7", "10.0.0.2"]
-    assert forwarded_client("10.0.0.1", hops, proxies) == "198.51.100.7"
+    # Documentation ranges (RFC 5737): the parser does not care whether a proxy is private.
+    proxies = (ip_network("203.0.113.0/24"), ip_network("127.0.0.1/32"))
+    hops = ["6.6.6.6, 198.51.100.7", "203.0.113.2"]
+    assert forwarded_client("203.0.113.1", hops, proxies) == "198.51.100.7"
     assert forwarded_client("192.0.2.1", hops, proxies) == "192.0.2.1"  # not a proxy
     assert forwarded_client("127.0.0.1", [], proxies) == "127.0.0.1"
-    assert forwarded_client("127.0.0.1", ["junk, 10.1.1.1"], proxies) == "10.1.1.1"
+    assert forwarded_client("127.0.0.1", ["junk, 203.0.113.9"], proxies) == "203.0.113.9"
     assert forwarded_client("127.0.0.1", ["[2001:db8::5]"], proxies) == "2001:db8::5"
 
 
