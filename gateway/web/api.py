@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -245,39 +245,22 @@ class Api:
     # address marked busy) before the first await, and settled in ``finally``; a request
     # that never reached a check (bad body, too short a new password) is taken back.
 
-    async def setup(self, request: web.Request) -> web.Response:  # noqa: PLR0911 - one per refusal
+    async def setup(self, request: web.Request) -> web.Response:
         """First run: the setup code from the journal sets the first password."""
-        address = request.remote or "?"
         if not self._access.setup_required:
             return error(409, "already_set", "a password is set; log in instead")
-        if (refused := self._begin(address)) is not None:
-            return refused
-        verdict: bool | None = None
-        try:
-            data = await _json_object(request)
-            if isinstance(data, web.Response):
-                return data
-            code, password = _text(data, "code"), _text(data, "password")
-            if code is None or password is None:
-                return error(400, "bad_args", "give code and password (strings)")
-            try:
-                check_new_password(password)
-            except PasswordError as exc:
-                return error(400, "bad_args", str(exc))
-            verdict = self._access.setup_code_ok(code)
-            if verdict:
-                await self._access.set_password(password)
-        except HashBusyError:
-            return _busy()
-        finally:
-            locked_for = self._end(address, verdict)
-        if not verdict:
-            return self._wrong(
-                address, locked_for, 403, "forbidden", "wrong setup code (see the log)"
-            )
-        self.logins["ok"] += 1
-        _log.warning("web.password_set", address=address, via="setup code")
-        return self._start_session(request, {})
+
+        async def code_ok(code: str) -> bool:
+            return self._access.setup_code_ok(code)
+
+        return await self._set_password(
+            request,
+            proof="code",
+            new="password",
+            check=code_ok,
+            wrong="wrong setup code (see the log)",
+            via="setup code",
+        )
 
     async def login(self, request: web.Request) -> web.Response:  # noqa: PLR0911 - one per refusal
         """The password gives a session cookie and a CSRF token."""
@@ -314,8 +297,30 @@ class Api:
         response.del_cookie(COOKIE, path="/")
         return response
 
-    async def password(self, request: web.Request) -> web.Response:  # noqa: PLR0911 - as setup
+    async def password(self, request: web.Request) -> web.Response:
         """Change the password: every session ends; this browser gets a fresh one."""
+        return await self._set_password(
+            request,
+            proof="current",
+            new="new",
+            check=self._access.password_ok,
+            wrong="the current password is wrong",
+            via="web",
+        )
+
+    async def _set_password(  # noqa: PLR0911 - one return per refusal
+        self,
+        request: web.Request,
+        *,
+        proof: str,
+        new: str,
+        check: Callable[[str], Awaitable[bool]],
+        wrong: str,
+        via: str,
+    ) -> web.Response:
+        """Setup and password change: ``body[proof]`` (the setup code, the current
+        password) must pass ``check`` before ``body[new]`` becomes the password; counted
+        as a login attempt of this address like a login."""
         address = request.remote or "?"
         if (refused := self._begin(address)) is not None:
             return refused
@@ -324,25 +329,25 @@ class Api:
             data = await _json_object(request)
             if isinstance(data, web.Response):
                 return data
-            current, new = _text(data, "current"), _text(data, "new")
-            if current is None or new is None:
-                return error(400, "bad_args", "give current and new (strings)")
+            given, password = _text(data, proof), _text(data, new)
+            if given is None or password is None:
+                return error(400, "bad_args", f"give {proof} and {new} (strings)")
             try:
-                check_new_password(new)
+                check_new_password(password)
             except PasswordError as exc:
                 return error(400, "bad_args", str(exc))
-            verdict = await self._access.password_ok(current)
+            verdict = await check(given)
             if verdict:
-                await self._access.set_password(new)
+                await self._access.set_password(password)
         except HashBusyError:
             return _busy()
         finally:
             locked_for = self._end(address, verdict)
         if not verdict:
-            return self._wrong(
-                address, locked_for, 403, "forbidden", "the current password is wrong"
-            )
-        _log.warning("web.password_set", address=address, via="web")
+            return self._wrong(address, locked_for, 403, "forbidden", wrong)
+        if via == "setup code":
+            self.logins["ok"] += 1  # the first password logs this browser in
+        _log.warning("web.password_set", address=address, via=via)
         return self._start_session(request, {})
 
     # -- state, commands, events ----------------------------------------------------
