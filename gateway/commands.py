@@ -346,12 +346,11 @@ class _Journal:
             )
         return True
 
-    def digest_of(self, command_id: str) -> tuple[str | None, bool] | None:
-        """(digest, still open) of a claimed id; None if it was never claimed."""
-        row = self._conn.execute(
-            "SELECT digest, command IS NOT NULL FROM claims WHERE id = ?", (command_id,)
-        ).fetchone()
-        return None if row is None else (row[0], bool(row[1]))
+    def digest_of(self, command_id: str) -> str | None:
+        """The sha256 of the bytes claimed under ``command_id`` (None: never claimed, or
+        claimed before digests were kept)."""
+        row = self._conn.execute("SELECT digest FROM claims WHERE id = ?", (command_id,)).fetchone()
+        return None if row is None else row[0]
 
     def answered(self, command_id: str) -> None:
         """The command's reply is stored: forget its payload."""
@@ -478,11 +477,6 @@ class Dispatcher:
         """The command types this gateway runs (others answer ``not_available``)."""
         return list(self._handlers)
 
-    @property
-    def running(self) -> int:
-        """Commands (and long jobs) running or waiting for their lane."""
-        return len(self._running)
-
     async def dispatch(
         self, payload: bytes | Mapping[str, Any], source: Source, *, reply_up: bool = False
     ) -> Reply:
@@ -507,7 +501,6 @@ class Dispatcher:
         ``payload`` already parsed by the adapter (it is not parsed twice).
         """
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
         try:
             data = decoded if decoded is not None else self._decode(payload)
             command, args = self._validate(data)
@@ -517,12 +510,7 @@ class Dispatcher:
         verdict = self._judge(command, payload, data, source, reply_up=reply_up, durable=durable)
         if verdict is not None:
             return self._answer_now(verdict, command.type, source, reply_up, started)
-        task = loop.create_task(
-            self._execute(command, args, source, reply_up, started), name=f"command {command.id}"
-        )
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-        return task
+        return self._start(command, args, source, reply_up, started)
 
     def refuse(self, error: CommandError, source: Source, *, reply_up: bool) -> None:
         """Answer a command its adapter refused (bad signature, rate limited, not JSON).
@@ -571,8 +559,14 @@ class Dispatcher:
         if expired is not None:
             self._journal.answered(claim.id)
             return self._answer_now(expired, command.type, source, claim.reply_up, started)
+        return self._start(command, args, source, claim.reply_up, started)
+
+    def _start(
+        self, command: Command, args: BaseModel, source: Source, reply_up: bool, started: float
+    ) -> asyncio.Future[Reply]:
+        """Run the admitted command in a task of its own (stopped by :meth:`close`)."""
         task = asyncio.get_running_loop().create_task(
-            self._execute(command, args, source, claim.reply_up, started)
+            self._execute(command, args, source, reply_up, started), name=f"command {command.id}"
         )
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -599,8 +593,7 @@ class Dispatcher:
         claim = _Claim(command.id, digest, source, reply_up, raw if durable else None)
         if self._journal.claim(claim, self._wall()):
             return None
-        known = self._journal.digest_of(command.id)
-        if durable and known is not None and known[0] == digest:
+        if durable and self._journal.digest_of(command.id) == digest:
             # The same bytes again under the same id: the broker redelivering a message
             # whose PUBACK was lost, or a resend. Its one reply is stored or on its way.
             raise Redelivered(command.id)

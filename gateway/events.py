@@ -53,14 +53,11 @@ class EventHub:
     def __init__(self, outbox: Outbox, feed: Feed) -> None:
         self._outbox = outbox
         self._feed = feed
-        self.emitted = 0
-        """Events emitted so far (for tests and metrics)."""
 
     def emit(self, event: dict[str, Any]) -> None:
         """Take one event; never blocks, never raises for storage reasons."""
         if "ts" not in event:
             event = {"ts": now_iso("milliseconds"), **event}
-        self.emitted += 1
         collection = _current.get()
         if collection is not None and collection.open:
             collection.events.append(event)
