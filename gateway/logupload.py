@@ -88,14 +88,13 @@ class LogUploader:
         return event_dict
 
     def _take(self, event_dict: EventDict) -> None:
-        record = {k: _truncate(v) for k, v in event_dict.items() if k not in _META_KEYS}
         with self._lock:
             now = self._clock()
             if now - self._window_start >= 60:
                 if self._suppressed:
                     self._write(
                         {
-                            "ts": record.get("ts"),
+                            "ts": event_dict.get("ts"),
                             "level": "warning",
                             "component": "log",
                             "event": "logs.suppressed",
@@ -105,10 +104,10 @@ class LogUploader:
                     )
                 self._window_start, self._sent_in_window, self._suppressed = now, 0, 0
             if self._sent_in_window >= self._per_minute:
-                self._suppressed += 1
+                self._suppressed += 1  # counted before any copy: a burst costs little
                 return
             self._sent_in_window += 1
-            self._write(record)
+            self._write({k: _truncate(v) for k, v in event_dict.items() if k not in _META_KEYS})
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._outbox is None:

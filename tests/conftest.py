@@ -26,9 +26,9 @@ from typing import Any
 
 import aiomqtt
 import pytest
-import structlog
 
 from gateway.clock import set_zone
+from gateway.log import reset_logging
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -329,8 +329,8 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:
-    """Each test starts from structlog's defaults (as structlog's own suite does) and
+    """Each test starts from unconfigured logging (structlog's defaults, as its own suite does) and
     from the machine's time zone for timestamps."""
     yield
-    structlog.reset_defaults()
+    reset_logging()
     set_zone(None)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import zoneinfo
+from datetime import UTC, datetime, timedelta
+
+from structlog.testing import capture_logs
 
 from gateway.log import configure_logging, get_logger, is_enabled, set_level
 
@@ -91,3 +95,88 @@ def test_reconfiguring_replaces_the_handler() -> None:
     get_logger("app").info("once")
     assert first.getvalue() == ""
     assert len(lines(second)) == 1
+
+
+def test_a_logger_made_before_configuration_follows_it() -> None:
+    """Modules make their loggers at import time; configuring later (and again, as the
+    tests and a restart of the pipeline do) still sends their lines to the new stream
+    with the new time zone."""
+    early = get_logger("relays", relay="yard")
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging(fmt="json", stream=first, tz=zoneinfo.ZoneInfo("UTC"))
+    early.info("relay.switched", on=True)
+    configure_logging(fmt="json", stream=second, tz=zoneinfo.ZoneInfo("Asia/Ho_Chi_Minh"))
+    early.info("relay.switched", on=False)
+    (one,), (two,) = lines(first), lines(second)
+    assert one["relay"] == two["relay"] == "yard"
+    assert str(one["ts"]).endswith("+00:00")
+    assert str(two["ts"]).endswith("+07:00")
+
+
+def test_timestamps_have_milliseconds_and_the_offset() -> None:
+    """The cached per-second text still gives each line its own milliseconds, in the
+    RFC 3339 shape the journal readers parse."""
+    stream = io.StringIO()
+    configure_logging(fmt="json", stream=stream, tz=zoneinfo.ZoneInfo("Asia/Ho_Chi_Minh"))
+    log = get_logger("app")
+    for n in range(3):
+        log.info("tick", n=n)
+    for line in lines(stream):
+        stamp = datetime.fromisoformat(str(line["ts"]))
+        assert stamp.utcoffset() == timedelta(hours=7)
+        assert abs((datetime.now(UTC) - stamp).total_seconds()) < 60
+        assert len(str(line["ts"])) == len("2026-12-03T20:28:44.123+07:00")
+
+
+def test_exception_carries_the_traceback() -> None:
+    """``log.exception`` inside an except block writes the error level and the traceback."""
+    stream = io.StringIO()
+    configure_logging(fmt="json", stream=stream)
+    boards: dict[str, int] = {}
+    try:
+        boards["relay board gone"]
+    except KeyError:
+        get_logger("relays").exception("relay.failed", relay="yard")
+    (line,) = lines(stream)
+    assert line["level"] == "error"
+    assert "KeyError: 'relay board gone'" in str(line["exception"])
+
+
+def test_our_lines_and_library_lines_never_share_a_line() -> None:
+    """Threads logging through both routes at once (ours and a library's stdlib logger)
+    give whole JSON lines, each once."""
+    stream = io.StringIO()
+    configure_logging(fmt="json", stream=stream)
+    ours, library = get_logger("relays"), logging.getLogger("aiomqtt")
+
+    def burst(n: int) -> None:
+        for i in range(200):
+            if n % 2:
+                ours.info("ours", i=i)
+            else:
+                library.warning("theirs %d", i)
+
+    threads = [threading.Thread(target=burst, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    parsed = lines(stream)
+    assert len(parsed) == 800
+    assert sum(1 for line in parsed if line["event"] == "ours") == 400
+
+
+def test_capture_logs_sees_loggers_made_at_import_time() -> None:
+    """structlog's test helper reaches our bound loggers (the suite relies on it)."""
+    configure_logging(fmt="json", stream=io.StringIO())
+    log = get_logger("hotspots")
+    with capture_logs() as captured:
+        log.warning("hotspot.down", hotspot="hall")
+    assert captured == [
+        {
+            "component": "hotspots",
+            "hotspot": "hall",
+            "event": "hotspot.down",
+            "log_level": "warning",
+        }
+    ]
