@@ -300,7 +300,13 @@ class Link(Component):
         code has even seen it; the client is made with manual acknowledgements instead
         (:func:`gateway.uplink.client.make_client`), and the PUBACK leaves here. A message whose
         claim failed is not acknowledged: the broker delivers it again after a reconnect.
+
+        The PUBACK is sent from the loop's next round rather than at once: the claim is
+        already in the journal, and the command's first step (a relay switched, its reply
+        handed to the writer thread) goes first, so the acknowledgement's send overlaps
+        the reply's fsync instead of delaying it.
         """
+        loop = asyncio.get_running_loop()
         async for message in client.messages:
             payload = message.payload
             raw = payload if isinstance(payload, bytes) else str(payload).encode()
@@ -319,7 +325,7 @@ class Link(Component):
                         note="not acknowledged: the broker delivers it again after a reconnect",
                     )
                     continue
-            acknowledge(client, message)
+            loop.call_soon(acknowledge, client, message)
 
     async def _publish_state(self, client: aiomqtt.Client) -> None:
         """Republish every snapshot after connecting, then each change.
