@@ -34,17 +34,25 @@ class Tail:
     def read(
         self, after_seq: int, max_records: int, max_bytes: int
     ) -> list[tuple[int, str]] | None:
-        """Records after ``after_seq`` if the tail holds the very next one, else None."""
+        """Records after ``after_seq`` if the tail holds the very next one, else None.
+
+        Walks from the newest end: the uplink asks for what was just committed, so it
+        touches only those records, not the whole tail before them.
+        """
         with self._lock:
             if not self._records or self._records[0][0] > after_seq + 1:
                 return None
-            taken: list[tuple[int, str]] = []
-            total = 0
-            for seq, body in self._records:
-                if seq <= after_seq:
-                    continue
-                if len(taken) >= max_records or (taken and total + len(body) > max_bytes):
+            newer: list[tuple[int, str]] = []
+            for record in reversed(self._records):
+                if record[0] <= after_seq:
                     break
-                taken.append((seq, body))
-                total += len(body)
-            return taken
+                newer.append(record)
+        newer.reverse()
+        taken: list[tuple[int, str]] = []
+        total = 0
+        for seq, body in newer:
+            if len(taken) >= max_records or (taken and total + len(body) > max_bytes):
+                break
+            taken.append((seq, body))
+            total += len(body)
+        return taken
