@@ -18,8 +18,10 @@ from pathlib import Path
 from gateway import __version__
 from gateway import send as send_command
 from gateway import watch as watch_command
-from gateway.config import load_settings
+from gateway.checks import CheckReport, check_settings
+from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
+from gateway.lastgood import Fallback, fall_back
 
 __all__ = ["EXIT_BAD_CONFIG", "EXIT_CRASH", "main"]
 
@@ -72,19 +74,37 @@ def _print_config_error(error: ConfigError) -> None:
 def _check_config(path: Path) -> int:
     try:
         settings = load_settings(path)
-        if settings.commands.hmac_key_file is not None:
-            # The key is read as the daemon will read it: a short one is refused now.
-            from gateway.commands import read_signing_key  # noqa: PLC0415 - keep it light
-
-            read_signing_key(settings.commands.hmac_key_file, name="commands.hmac_key_file")
+        report = check_settings(settings)
+        report.raise_errors(str(path))
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_BAD_CONFIG
+    for warning in report.warnings:
+        print(f"village-gateway: warning: {warning}", file=sys.stderr)
     print(
         f"{path}: ok — gateway {settings.gateway.id}, {len(settings.relays)} relay(s), "
         f"{len(settings.hotspots)} hotspot(s), broker {settings.mqtt.host}:{settings.mqtt.port}"
+        + (f", {len(report.warnings)} warning(s)" if report.warnings else "")
     )
     return 0
+
+
+def _settings_for_run(
+    config: Path | None, *, demo: bool
+) -> tuple[Settings, CheckReport, Fallback | None]:
+    """The configuration to run: the file if it passes every check (the same as
+    ``check-config``), else its last good copy; raises ConfigError when neither will do."""
+    try:
+        settings = load_settings(config, demo=demo)
+        report = check_settings(settings)
+        report.raise_errors(str(config) if config else None)
+    except ConfigError as exc:
+        found = fall_back(config, exc, demo=demo) if config is not None else None
+        if found is None:
+            raise
+        settings, fallback = found
+        return settings, check_settings(settings), fallback
+    return settings, report, None
 
 
 def _run(config: Path | None, *, demo: bool) -> int:
@@ -98,7 +118,7 @@ def _run(config: Path | None, *, demo: bool) -> int:
         # gpiozero reads this when the first device is built: simulated pins only.
         os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
     try:
-        settings = load_settings(config, demo=demo)
+        settings, report, fallback = _settings_for_run(config, demo=demo)
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_BAD_CONFIG
@@ -112,8 +132,23 @@ def _run(config: Path | None, *, demo: bool) -> int:
         sinks=[uploader, LOG_TAP],
     )
     log = get_logger("cli")
+    for warning in report.warnings:
+        log.warning("config.warning", key=warning.key, problem=warning.message)
+    if fallback is not None:
+        # Never dark: the village runs on what worked last time, and everyone hears of it.
+        for problem in fallback.problems:
+            log.error("config.problem", key=problem.key, problem=problem.message)
+        log.error(
+            "config.fallback",
+            config=fallback.config,
+            problems=[str(p) for p in fallback.problems],
+            running="the last good configuration",
+            last_good_saved_at=fallback.copy.saved_at,
+        )
+        for problem in report.errors:  # the copy itself no longer passes every check
+            log.error("config.last_good_problem", key=problem.key, problem=problem.message)
     try:
-        app = App(settings, config_path=config, demo=demo, uploader=uploader)
+        app = App(settings, config_path=config, demo=demo, uploader=uploader, fallback=fallback)
         return asyncio.run(app.run())
     except ConfigError as exc:
         log.error("startup.failed", problems=[str(p) for p in exc.problems])

@@ -38,6 +38,7 @@ __all__ = [
     "add_broker_arguments",
     "describe_error",
     "make_client",
+    "mqtt_problems",
     "mqtt_section_from_args",
 ]
 
@@ -117,6 +118,15 @@ def make_client(
         # aiomqtt wraps. docs/architecture.md says why we reach past aiomqtt here.
         made._client.manual_ack_set(True)
     return made
+
+
+def mqtt_problems(mqtt: MqttSection) -> list[ConfigProblem]:
+    """What :func:`make_client` would refuse in ``mqtt``'s files, without building a client
+    (``check-config`` and start-up ask this before the link first dials)."""
+    problems: list[ConfigProblem] = []
+    _password(mqtt, problems)
+    _tls_parameters(mqtt, problems)
+    return problems
 
 
 # aiomqtt's own queue of received messages stays unbounded on purpose: a message it
