@@ -14,6 +14,7 @@ import sys
 import zoneinfo
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway import send as send_command
@@ -22,6 +23,9 @@ from gateway.checks import CheckReport, check_settings
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 from gateway.lastgood import Fallback, fall_back
+
+if TYPE_CHECKING:
+    from structlog.typing import Processor
 
 __all__ = ["EXIT_BAD_CONFIG", "EXIT_CRASH", "main"]
 
@@ -107,6 +111,16 @@ def _settings_for_run(
     return settings, report, None
 
 
+def _banner(settings: Settings) -> Processor:
+    from gateway.demobanner import DemoBanner  # noqa: PLC0415
+
+    state_dir = settings.gateway.state_dir
+    shown = (
+        str(state_dir) if "state_dir" in settings.gateway.model_fields_set else "a temporary folder"
+    )
+    return DemoBanner(host=settings.web.host, state_dir=shown)
+
+
 def _run(config: Path | None, *, demo: bool) -> int:
     # Imported here so `check-config` and `version` stay fast and need no hardware libs.
     from gateway.daemon.app import App  # noqa: PLC0415
@@ -125,11 +139,14 @@ def _run(config: Path | None, *, demo: bool) -> int:
     uploader = LogUploader(
         level=settings.log.upload_level, per_minute=settings.log.upload_max_per_min
     )
+    sinks: list[Processor] = [uploader, LOG_TAP]
+    if demo:
+        sinks.append(_banner(settings))
     configure_logging(
         level=settings.log.level,
         fmt=settings.log.format,
         tz=zoneinfo.ZoneInfo(settings.gateway.timezone),
-        sinks=[uploader, LOG_TAP],
+        sinks=sinks,
     )
     log = get_logger("cli")
     for warning in report.warnings:

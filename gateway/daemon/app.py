@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import signal
 import tempfile
 import time
@@ -325,8 +326,8 @@ class App:
         return {"outbox_depth": self.outbox.stats().total_depth(), **self.hotspots.telemetry()}
 
     def _resolve(self, settings: Settings) -> Settings:
-        """In demo mode, state goes to one temporary folder unless one is configured, and
-        the demo's own hotspot probes the web port actually in use."""
+        """In demo mode, state goes to one temporary folder (removed at stop) unless one is
+        configured, and the demo's own hotspot probes the web port actually in use."""
         if not self._demo:
             return settings
         settings = with_web_port(settings)
@@ -435,6 +436,9 @@ class App:
             _log.info("app.stopped")
             await self._close_outbox()
             self._notifier.close()
+            if self._demo_state_dir is not None:
+                # A temporary state folder is the demo's own: leave nothing in /tmp.
+                shutil.rmtree(self._demo_state_dir, ignore_errors=True)
         return 0
 
     async def _recover(self) -> None:
