@@ -29,6 +29,7 @@ __all__ = [
     "CheckReport",
     "check_settings",
     "device_problem",
+    "named_files",
 ]
 
 SERVICE_USER = "village-gateway"
@@ -136,7 +137,8 @@ def _has_user(uid: int) -> bool:
     return True
 
 
-def _named_files(settings: Settings) -> list[tuple[str, Path]]:
+def named_files(settings: Settings) -> list[tuple[str, Path]]:
+    """Every file the configuration names, with its key (secrets and certificates)."""
     mqtt = settings.mqtt
     files = [
         ("mqtt.password_file", mqtt.password_file),
@@ -153,7 +155,7 @@ def _named_files(settings: Settings) -> list[tuple[str, Path]]:
 
 def _check_files(settings: Settings, reader: _Reader, report: CheckReport) -> None:
     unreadable = set()
-    for key, path in _named_files(settings):
+    for key, path in named_files(settings):
         problem = reader.why_not(path)
         if problem is not None:
             report.errors.append(ConfigProblem(key, problem))

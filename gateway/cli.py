@@ -12,11 +12,12 @@ import asyncio
 import os
 import sys
 import zoneinfo
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import __version__
+from gateway import backup as backup_command
 from gateway import send as send_command
 from gateway import watch as watch_command
 from gateway.checks import CheckReport, check_settings
@@ -66,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
         help="set the web UI password (read from stdin) and log every browser out",
     )
     password.add_argument("--config", type=Path, help="the TOML configuration file")
+
+    backup = commands.add_parser(
+        "backup", help="write one archive of this gateway: config, password, schedules, clips"
+    )
+    backup_command.add_arguments(backup, making=True)
+    restore = commands.add_parser(
+        "restore", help="check a backup and restore it (the service stopped), all or nothing"
+    )
+    backup_command.add_arguments(restore, making=False)
 
     commands.add_parser("version", help="print the version")
     return parser
@@ -178,20 +188,30 @@ def _run(config: Path | None, *, demo: bool) -> int:
         return EXIT_CRASH
 
 
+def _version(args: argparse.Namespace) -> int:
+    print(__version__)
+    return 0
+
+
+def _set_password(args: argparse.Namespace) -> int:
+    from gateway.web.setpassword import run as set_password  # noqa: PLC0415
+
+    return set_password(args.config)
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "version": _version,
+    "check-config": lambda args: _check_config(args.path),
+    "watch": watch_command.run,
+    "send": send_command.run,
+    "backup": backup_command.run_backup,
+    "restore": backup_command.run_restore,
+    "set-password": _set_password,
+    "run": lambda args: _run(args.config, demo=args.demo),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``village-gateway`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "version":
-        print(__version__)
-        return 0
-    if args.command == "check-config":
-        return _check_config(args.path)
-    if args.command == "watch":
-        return watch_command.run(args)
-    if args.command == "send":
-        return send_command.run(args)
-    if args.command == "set-password":
-        from gateway.web.setpassword import run as set_password  # noqa: PLC0415
-
-        return set_password(args.config)
-    return _run(args.config, demo=args.demo)
+    return _COMMANDS[args.command](args)
