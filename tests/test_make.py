@@ -40,7 +40,7 @@ def listening(port: int) -> bool:
     return True
 
 
-def test_make_run_starts_the_demo_with_a_local_broker() -> None:
+def test_make_run_starts_the_demo_with_a_local_broker(tmp_path: Path) -> None:
     """`make run` brings up the demo (health 200 within 10 s of the daemon starting, the
     bootstrap being done) with a private mosquitto on loopback; Ctrl-C stops both."""
     web_port, broker_port = free_port(), free_port()
@@ -48,6 +48,7 @@ def test_make_run_starts_the_demo_with_a_local_broker() -> None:
         VG_WEB__PORT=str(web_port),
         VG_MQTT__PORT=str(broker_port),
         DEMO_BROKER_PORT=str(broker_port),
+        DEMO_DIR=str(tmp_path / "demo"),  # not the repository's own .demo
     )
     env.pop("MAKEFLAGS", None)
     process = subprocess.Popen(
