@@ -90,6 +90,8 @@ class _Reader:
                 groups = {g.gr_gid for g in grp.getgrall() if service_user in g.gr_mem}
                 return cls(service_user, entry.pw_uid, frozenset({entry.pw_gid, *groups}))
         name = pwd.getpwuid(os.geteuid()).pw_name if _has_user(os.geteuid()) else "this user"
+        if name != service_user and _user_exists(service_user):
+            name += f" (run check-config with sudo to judge for {service_user})"
         return cls(name, os.geteuid(), frozenset(os.getgroups()) | {os.getegid()})
 
     def may(self, info: os.stat_result, bits: tuple[int, int, int]) -> bool:
@@ -127,6 +129,14 @@ class _Reader:
                 "e.g. chgrp village-gateway FILE && chmod 640 FILE)"
             )
         return None
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _has_user(uid: int) -> bool:
