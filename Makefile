@@ -11,9 +11,10 @@ bootstrap:
 	@bash scripts/bootstrap.sh
 
 ## run: start the daemon in --demo mode (web UI on http://127.0.0.1:8080), with a local
-## mosquitto on 127.0.0.1 when one is installed and the port is free.
+## mosquitto on 127.0.0.1:$(DEMO_BROKER_PORT) when one is installed and the port is free; the
+## daemon dials that port. State (and the web password) is kept in .demo/ between runs.
 run: bootstrap
-	@bash scripts/run-demo.sh
+	@DEMO_BROKER_PORT=$(DEMO_BROKER_PORT) bash scripts/run-demo.sh
 
 ## test: lint, type-check and run the whole suite.
 test: bootstrap lint

@@ -12,14 +12,21 @@ import asyncio
 import os
 import sys
 import zoneinfo
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
+from gateway import backup as backup_command
 from gateway import send as send_command
 from gateway import watch as watch_command
-from gateway.config import load_settings
+from gateway.checks import CheckReport, check_settings
+from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
+from gateway.lastgood import Fallback, fall_back
+
+if TYPE_CHECKING:
+    from structlog.typing import Processor
 
 __all__ = ["EXIT_BAD_CONFIG", "EXIT_CRASH", "main"]
 
@@ -61,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     password.add_argument("--config", type=Path, help="the TOML configuration file")
 
+    backup = commands.add_parser(
+        "backup", help="write one archive of this gateway: config, password, schedules, clips"
+    )
+    backup_command.add_arguments(backup, making=True)
+    restore = commands.add_parser(
+        "restore", help="check a backup and restore it (the service stopped), all or nothing"
+    )
+    backup_command.add_arguments(restore, making=False)
+
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -72,19 +88,47 @@ def _print_config_error(error: ConfigError) -> None:
 def _check_config(path: Path) -> int:
     try:
         settings = load_settings(path)
-        if settings.commands.hmac_key_file is not None:
-            # The key is read as the daemon will read it: a short one is refused now.
-            from gateway.commands import read_signing_key  # noqa: PLC0415 - keep it light
-
-            read_signing_key(settings.commands.hmac_key_file, name="commands.hmac_key_file")
+        report = check_settings(settings)
+        report.raise_errors(str(path))
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_BAD_CONFIG
+    for warning in report.warnings:
+        print(f"village-gateway: warning: {warning}", file=sys.stderr)
     print(
         f"{path}: ok — gateway {settings.gateway.id}, {len(settings.relays)} relay(s), "
         f"{len(settings.hotspots)} hotspot(s), broker {settings.mqtt.host}:{settings.mqtt.port}"
+        + (f", {len(report.warnings)} warning(s)" if report.warnings else "")
     )
     return 0
+
+
+def _settings_for_run(
+    config: Path | None, *, demo: bool
+) -> tuple[Settings, CheckReport, Fallback | None]:
+    """The configuration to run: the file if it passes every check (the same as
+    ``check-config``), else its last good copy; raises ConfigError when neither will do."""
+    try:
+        settings = load_settings(config, demo=demo)
+        report = check_settings(settings)
+        report.raise_errors(str(config) if config else None)
+    except ConfigError as exc:
+        found = fall_back(config, exc, demo=demo) if config is not None else None
+        if found is None:
+            raise
+        settings, fallback = found
+        return settings, check_settings(settings), fallback
+    return settings, report, None
+
+
+def _banner(settings: Settings) -> Processor:
+    from gateway.demobanner import DemoBanner  # noqa: PLC0415
+
+    state_dir = settings.gateway.state_dir
+    shown = (
+        str(state_dir) if "state_dir" in settings.gateway.model_fields_set else "a temporary folder"
+    )
+    return DemoBanner(host=settings.web.host, state_dir=shown)
 
 
 def _run(config: Path | None, *, demo: bool) -> int:
@@ -98,22 +142,40 @@ def _run(config: Path | None, *, demo: bool) -> int:
         # gpiozero reads this when the first device is built: simulated pins only.
         os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
     try:
-        settings = load_settings(config, demo=demo)
+        settings, report, fallback = _settings_for_run(config, demo=demo)
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_BAD_CONFIG
     uploader = LogUploader(
         level=settings.log.upload_level, per_minute=settings.log.upload_max_per_min
     )
+    sinks: list[Processor] = [uploader, LOG_TAP]
+    if demo:
+        sinks.append(_banner(settings))
     configure_logging(
         level=settings.log.level,
         fmt=settings.log.format,
         tz=zoneinfo.ZoneInfo(settings.gateway.timezone),
-        sinks=[uploader, LOG_TAP],
+        sinks=sinks,
     )
     log = get_logger("cli")
+    for warning in report.warnings:
+        log.warning("config.warning", key=warning.key, problem=warning.message)
+    if fallback is not None:
+        # Never dark: the village runs on what worked last time, and everyone hears of it.
+        for problem in fallback.problems:
+            log.error("config.problem", key=problem.key, problem=problem.message)
+        log.error(
+            "config.fallback",
+            config=fallback.config,
+            problems=[str(p) for p in fallback.problems],
+            running="the last good configuration",
+            last_good_saved_at=fallback.copy.saved_at,
+        )
+        for problem in report.errors:  # the copy itself no longer passes every check
+            log.error("config.last_good_problem", key=problem.key, problem=problem.message)
     try:
-        app = App(settings, config_path=config, demo=demo, uploader=uploader)
+        app = App(settings, config_path=config, demo=demo, uploader=uploader, fallback=fallback)
         return asyncio.run(app.run())
     except ConfigError as exc:
         log.error("startup.failed", problems=[str(p) for p in exc.problems])
@@ -126,20 +188,30 @@ def _run(config: Path | None, *, demo: bool) -> int:
         return EXIT_CRASH
 
 
+def _version(args: argparse.Namespace) -> int:
+    print(__version__)
+    return 0
+
+
+def _set_password(args: argparse.Namespace) -> int:
+    from gateway.web.setpassword import run as set_password  # noqa: PLC0415
+
+    return set_password(args.config)
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "version": _version,
+    "check-config": lambda args: _check_config(args.path),
+    "watch": watch_command.run,
+    "send": send_command.run,
+    "backup": backup_command.run_backup,
+    "restore": backup_command.run_restore,
+    "set-password": _set_password,
+    "run": lambda args: _run(args.config, demo=args.demo),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``village-gateway`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "version":
-        print(__version__)
-        return 0
-    if args.command == "check-config":
-        return _check_config(args.path)
-    if args.command == "watch":
-        return watch_command.run(args)
-    if args.command == "send":
-        return send_command.run(args)
-    if args.command == "set-password":
-        from gateway.web.setpassword import run as set_password  # noqa: PLC0415
-
-        return set_password(args.config)
-    return _run(args.config, demo=args.demo)
+    return _COMMANDS[args.command](args)

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.configwords import plain_problem
 from gateway.errors import ConfigError, ConfigProblem
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "WebSection",
     "flatten",
     "load_settings",
+    "parse_settings",
 ]
 
 DEMO_CONFIG = "demo.toml"
@@ -585,21 +587,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _problems(error: ValidationError) -> list[ConfigProblem]:
+    """Every problem of a failed validation, in plain words (:mod:`gateway.configwords`)."""
     problems = []
     for item in error.errors(include_url=False):
-        loc = [str(part) for part in item["loc"]]
-        # Discriminated unions insert the tag ("tcp") into the path; keep it, it helps.
-        key = ".".join(loc)
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif item["type"] == "missing":
-            message = "required key is missing"
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            if not key:
-                key, _, message = message.partition(": ")
-            if item["type"] not in {"value_error", "assertion_error"}:
-                message += f" (got {item['input']!r})"
+        key, message = plain_problem(Settings, item)
+        if not key:
+            # A check across sections has no field of its own: its message starts with
+            # the key it concerns.
+            key, _, message = message.partition(": ")
         problems.append(ConfigProblem(key, message))
     return problems
 
@@ -619,6 +614,20 @@ def load_settings(path: Path | None, *, demo: bool = False) -> Settings:
     else:
         data = _read_toml(path)
         source = str(path)
+    return _validate(data, source, demo=demo)
+
+
+def parse_settings(text: str, *, source: str, demo: bool = False) -> Settings:
+    """Validate configuration ``text`` kept elsewhere (the last good copy), as
+    :func:`load_settings` validates a file: ``VG_`` variables override it too."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError.single(source, f"invalid TOML: {exc}") from None
+    return _validate(data, source, demo=demo)
+
+
+def _validate(data: dict[str, Any], source: str, *, demo: bool) -> Settings:
     try:
         settings = Settings(**data)
     except ValidationError as exc:

@@ -6,8 +6,10 @@ every gateway that answers within the timeout. Values are JSON where they parse 
 (``on=true``, ``for_s=600``, ``schedules=[...]``), strings otherwise (``relay=yard``).
 With ``--hmac-key-file PATH`` the command carries ``sig``, signed as the gateway checks it
 (:func:`gateway.commands.sign`), for gateways that set ``commands.hmac_key_file``.
-Exit status: 0 only when every reply is ``done``; 1 otherwise; 2 for bad options;
-3 when no final reply came in time.
+Exit status (each kind of outcome its own, for scripts; docs/protocol.md lists them):
+0 every final reply is ``done``; 2 bad options or an unusable key file; 3 no final reply
+within ``--timeout``; 4 a final reply other than ``done`` (rejected, failed, expired);
+5 the broker cannot be reached or refused the login; 1 is left to a crash.
 """
 
 from __future__ import annotations
@@ -28,16 +30,27 @@ from gateway.errors import ConfigError
 from gateway.uplink.client import (
     Topics,
     add_broker_arguments,
+    cli_broker,
     describe_error,
     make_client,
     mqtt_section_from_args,
 )
 
-__all__ = ["add_arguments", "build_command", "read_hmac_key", "run"]
+__all__ = [
+    "EXIT_BAD_OPTIONS",
+    "EXIT_NOT_DONE",
+    "EXIT_NO_BROKER",
+    "EXIT_TIMEOUT",
+    "add_arguments",
+    "build_command",
+    "read_hmac_key",
+    "run",
+]
 
-EXIT_NOT_DONE = 1
 EXIT_BAD_OPTIONS = 2
 EXIT_TIMEOUT = 3
+EXIT_NOT_DONE = 4
+EXIT_NO_BROKER = 5
 
 HMAC_FLAG: Final = "--hmac-key-file"
 
@@ -140,11 +153,15 @@ async def send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                             break
             except TimeoutError:
                 if not finals:
-                    err.write(f"village-gateway send: no final reply within {args.timeout} s\n")
+                    err.write(
+                        f"village-gateway send: no final reply within {args.timeout} s from "
+                        f"{args.gateway or 'group ' + args.group} via {cli_broker(mqtt)}\n"
+                    )
                     return EXIT_TIMEOUT
     except aiomqtt.MqttError as exc:
-        err.write(f"village-gateway send: {describe_error(exc)}\n")
-        return EXIT_NOT_DONE
+        reason = describe_error(exc, cli=True)
+        err.write(f"village-gateway send: cannot reach {cli_broker(mqtt)}: {reason}\n")
+        return EXIT_NO_BROKER
     except ConfigError as exc:
         err.write(f"village-gateway send: {exc}\n")
         return EXIT_BAD_OPTIONS

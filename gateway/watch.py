@@ -26,6 +26,7 @@ from gateway.errors import ConfigError
 from gateway.uplink.client import (
     Topics,
     add_broker_arguments,
+    cli_broker,
     describe_error,
     make_client,
     mqtt_section_from_args,
@@ -100,7 +101,7 @@ async def watch(
     """
     err = sys.stderr if err is None else err
     filters = _filters(mqtt.topic_prefix, gateway)
-    where = f"{mqtt.host}:{mqtt.port}"
+    where = cli_broker(mqtt)
     identifier = f"vg-watch-{secrets.token_hex(4)}"
     failures = 0
     while True:
@@ -121,7 +122,8 @@ async def watch(
             delay = _backoff_s(failures, mqtt.max_backoff_s)
             failures += 1
             what = "lost the connection to" if connected else "cannot connect to"
-            _say(err, f"watch: {what} {where}: {describe_error(exc)}; retrying in {delay:.1f} s")
+            reason = describe_error(exc, cli=True)
+            _say(err, f"watch: {what} {where}: {reason}; retrying in {delay:.1f} s")
             await asyncio.sleep(delay)
 
 

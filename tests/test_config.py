@@ -105,7 +105,7 @@ def test_invalid_toml_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixtu
         pytest.param(
             {"[mqtt]\n": '[mqtt]\nkeepalive_s = "often"\n'},
             "",
-            "mqtt.keepalive_s: Input should be a valid integer",
+            "mqtt.keepalive_s: must be a whole number (got 'often')",
             id="wrong-type",
         ),
         pytest.param(

@@ -34,6 +34,11 @@ def test_demo_answers_healthz_and_stops_cleanly(start_daemon: Callable[..., Daem
     code, seconds = daemon.stop()
     assert code == 0, daemon.output()
     assert seconds < 5
+    started = [ln for ln in daemon.log_lines() if ln["event"] == "app.started"]
+    state_dir = Path(started[0]["state_dir"])
+    assert state_dir.name.startswith("village-gateway-demo-")
+    assert not state_dir.exists()  # the demo's temporary folder is gone: nothing left in /tmp
+    assert "village-gateway demo" in daemon.output()  # the banner
 
 
 def test_every_log_line_has_ts_level_event_component(

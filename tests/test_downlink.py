@@ -16,7 +16,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gateway.send import build_command, read_hmac_key
+from gateway.send import EXIT_NOT_DONE, build_command, read_hmac_key
 from tests.conftest import Broker, ConfigFile, Daemon, clean_env, free_port, wait_online
 from tests.test_app import wait_for
 from tests.test_link import settings_for, subscriber
@@ -82,7 +82,7 @@ async def test_send_ping_and_log_level(
     level = await asyncio.to_thread(send, broker, "--gateway", gateway, "log.level", "level=DEBUG")
     assert level.returncode == 0, level.stderr
     bad = await asyncio.to_thread(send, broker, "--gateway", gateway, "log.level", "level=LOUD")
-    assert bad.returncode == 1
+    assert bad.returncode == EXIT_NOT_DONE
     assert json.loads(bad.stdout)["error"]["code"] == "bad_args"
     assert daemon.stop()[0] == 0
 
@@ -255,7 +255,7 @@ async def test_signed_commands_over_mqtt(
     assert json.loads(signed.stdout)["status"] == "done"
     for flags in ([], ["--hmac-key-file", str(other)]):
         refused = await asyncio.to_thread(send, broker, "--gateway", gateway, *flags, "system.ping")
-        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert refused.returncode == EXIT_NOT_DONE, refused.stdout + refused.stderr
         reply = json.loads(refused.stdout)
         assert (reply["status"], reply["error"]["code"]) == ("rejected", "forbidden")
     assert daemon.stop()[0] == 0
@@ -292,7 +292,7 @@ async def test_relay_commands_over_mqtt(
         unknown = await asyncio.to_thread(
             send, broker, "--gateway", gateway, "relay.set", "relay=moon", "on=true"
         )
-        assert unknown.returncode == 1
+        assert unknown.returncode == EXIT_NOT_DONE
         assert json.loads(unknown.stdout)["error"]["code"] == "unknown_target"
     assert daemon.stop()[0] == 0
 
@@ -319,7 +319,7 @@ async def test_schedule_set_over_mqtt(
         result = await asyncio.to_thread(
             send, broker, "--gateway", gateway, "schedule.set", f"schedules={schedules}"
         )
-        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.returncode == EXIT_NOT_DONE, result.stdout + result.stderr
         assert json.loads(result.stdout)["error"]["code"] == code
     bad_time = await asyncio.to_thread(
         send,

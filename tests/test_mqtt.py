@@ -623,7 +623,10 @@ async def test_watch_waits_for_the_broker_and_reconnects(tmp_path: Path) -> None
     try:
         async with running(asyncio.create_task(watch(mqtt, gateway=None, out=out, err=err))):
             text = await err.wait_for_text("cannot connect to")
-            assert f"cannot connect to 127.0.0.1:{broker.port}: nothing accepts" in text
+            assert (
+                f"cannot connect to 127.0.0.1:{broker.port} (--host/--port): nothing accepts"
+                " connections there" in text
+            )
             assert "retrying in" in text
             await asyncio.to_thread(broker.start)
             await err.wait_for_text("watch: connected to")
@@ -655,7 +658,7 @@ async def test_watch_says_when_the_acl_refuses_it(
             text = await err.wait_for_text("refused the subscription")
     finally:
         broker.stop()
-    assert f"watch: connected to 127.0.0.1:{broker.port}" in text
+    assert f"watch: connected to 127.0.0.1:{broker.port} (--host/--port)" in text
     assert "the broker refused the subscription to vg/v1/+/#" in text
     assert "ACL" in text, text
 

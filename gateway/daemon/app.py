@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import signal
 import tempfile
 import time
@@ -23,16 +24,18 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway import __version__
+from gateway.checks import check_settings
 from gateway.clock import now_iso, set_zone
 from gateway.commands import Dispatcher, Handler, LogLevelArgs, Source, read_signing_key
 from gateway.component import Backoff, Component, Health, supervise
-from gateway.config import Settings, flatten, load_settings
+from gateway.config import Settings, flatten, load_settings, parse_settings
 from gateway.daemon.parts import Parts
 from gateway.errors import ConfigError, StartupError
 from gateway.events import EventHub
 from gateway.files import write_atomic
 from gateway.hotspots import HotspotMonitor
 from gateway.hotspots.demo import with_web_port
+from gateway.lastgood import Fallback, remember
 from gateway.lighting.bank import RelayError
 from gateway.lighting.handlers import Control
 from gateway.log import get_logger, set_level
@@ -100,8 +103,11 @@ class App:
         watchdog_s: float | None = None,
         uploader: LogUploader | None = None,
         rng: random.Random | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
         self._config_path = config_path
+        self.fallback = fallback
+        """Set while running on the last good configuration because the file is bad."""
         set_zone(settings.gateway.timezone)
         self._demo = demo
         self._demo_state_dir: Path | None = None
@@ -311,6 +317,8 @@ class App:
             },
             "link": self.link.stats.as_dict(),
             "schedules": self.control.scheduler.snapshot(),
+            "config_status": "ok" if self.fallback is None else "last_good",
+            "config_problems": [] if self.fallback is None else self.fallback.problem_dicts(),
         }
 
     def _telemetry_extra(self) -> dict[str, Any]:
@@ -318,8 +326,8 @@ class App:
         return {"outbox_depth": self.outbox.stats().total_depth(), **self.hotspots.telemetry()}
 
     def _resolve(self, settings: Settings) -> Settings:
-        """In demo mode, state goes to one temporary folder unless one is configured, and
-        the demo's own hotspot probes the web port actually in use."""
+        """In demo mode, state goes to one temporary folder (removed at stop) unless one is
+        configured, and the demo's own hotspot probes the web port actually in use."""
         if not self._demo:
             return settings
         settings = with_web_port(settings)
@@ -375,6 +383,7 @@ class App:
         """Start, run until stopped, stop. Returns the exit status (0)."""
         _prepare_state_dir(self.settings.gateway.state_dir)
         self._parts = parts = await self._build()
+        self._settle_config()
         self.web.attach(
             dispatcher=parts.dispatcher, scheduler=parts.control.scheduler, clips=parts.pa.clips
         )
@@ -427,6 +436,9 @@ class App:
             _log.info("app.stopped")
             await self._close_outbox()
             self._notifier.close()
+            if self._demo_state_dir is not None:
+                # A temporary state folder is the demo's own: leave nothing in /tmp.
+                shutil.rmtree(self._demo_state_dir, ignore_errors=True)
         return 0
 
     async def _recover(self) -> None:
@@ -466,6 +478,35 @@ class App:
             self._notifier.notify(**fields)
             await asyncio.sleep(interval)
 
+    # -- last good configuration ------------------------------------------------------
+
+    def _settle_config(self) -> None:
+        """Keep a file that passed as the last good copy, or tell of running on the copy."""
+        if self.fallback is not None:
+            self.events.emit(
+                {
+                    "type": "system.config_fallback",
+                    "config": self.fallback.config,
+                    "problems": self.fallback.problem_dicts(),
+                    "last_good_saved_at": self.fallback.copy.saved_at,
+                }
+            )
+            return
+        self._remember(self.settings)
+
+    def _remember(self, settings: Settings) -> None:
+        """Keep the file as the last good copy if it is what ``settings`` were read from."""
+        path = self._config_path
+        if path is None or self._demo:
+            return
+        try:
+            text = path.read_text(encoding="utf-8")
+            if self._resolve(parse_settings(text, source=str(path))) != settings:
+                return  # changed since it was read: that text never passed
+            remember(settings.gateway.state_dir, path, text)
+        except (OSError, UnicodeDecodeError, ConfigError) as exc:
+            _log.warning("config.last_good_not_saved", error=str(exc))
+
     # -- reload -----------------------------------------------------------------------
 
     def _on_sighup(self) -> None:
@@ -476,6 +517,7 @@ class App:
         self._notifier.reloading()
         try:
             new = self._resolve(load_settings(self._config_path, demo=self._demo))
+            check_settings(new).raise_errors(str(self._config_path))
         except ConfigError as exc:
             for problem in exc.problems:
                 _log.error("config.reload_problem", key=problem.key, problem=problem.message)
@@ -497,6 +539,13 @@ class App:
         if "log.upload_level" in live and self._uploader is not None:
             self._uploader.set_level(new.log.upload_level)
         self.settings = new
+        if self.fallback is not None:
+            _log.info("config.fallback_ended", config=self.fallback.config)
+            self.fallback = None
+            for component in self.components:
+                if isinstance(component, SystemMonitor):  # the banner goes at once
+                    await self.state.set("system", component.measure())
+        self._remember(new)
         self.restart_required = sorted(set(self.restart_required) | set(needs_restart))
         _log.info("config.reloaded", applied=live, restart_required=sorted(set(needs_restart)))
         if needs_restart:

@@ -36,8 +36,10 @@ __all__ = [
     "Topics",
     "acknowledge",
     "add_broker_arguments",
+    "cli_broker",
     "describe_error",
     "make_client",
+    "mqtt_problems",
     "mqtt_section_from_args",
 ]
 
@@ -117,6 +119,15 @@ def make_client(
         # aiomqtt wraps. docs/architecture.md says why we reach past aiomqtt here.
         made._client.manual_ack_set(True)
     return made
+
+
+def mqtt_problems(mqtt: MqttSection) -> list[ConfigProblem]:
+    """What :func:`make_client` would refuse in ``mqtt``'s files, without building a client
+    (``check-config`` and start-up ask this before the link first dials)."""
+    problems: list[ConfigProblem] = []
+    _password(mqtt, problems)
+    _tls_parameters(mqtt, problems)
+    return problems
 
 
 # aiomqtt's own queue of received messages stays unbounded on purpose: a message it
@@ -308,14 +319,41 @@ _TLS_ALERTS: tuple[tuple[str, str], ...] = (
 )
 
 
-def describe_error(exc: BaseException) -> str:
+_FLAG_OF_KEY: Final = (
+    ("at mqtt.host on mqtt.port", "there"),
+    ("mqtt.password_file", "--password-file"),
+    ("mqtt.username", "--username"),
+    ("mqtt.ca_file", "--ca-file"),
+    ("mqtt.cert_file", "--cert-file"),
+    ("mqtt.key_file", "--key-file"),
+    ("mqtt.protocol", "--protocol"),
+    ("mqtt.host", "--host"),
+    ("mqtt.port", "--port"),
+)
+
+
+def cli_broker(mqtt: MqttSection) -> str:
+    """How ``send`` and ``watch`` name the broker: ``localhost:1883 (--host/--port)``."""
+    return f"{mqtt.host}:{mqtt.port} (--host/--port)"
+
+
+def describe_error(exc: BaseException, *, cli: bool = False) -> str:
     """One sentence for an operator about why talking to the broker failed.
 
     Follows the exception's causes (aiomqtt re-raises socket and TLS errors as
     :class:`aiomqtt.MqttError`, keeping the original as the context), explains the most
     specific one it recognises and names the ``mqtt.*`` keys to check; the original texts
-    follow in parentheses.
+    follow in parentheses. With ``cli`` (``send``, ``watch``) it names the command line's
+    flags instead of the keys; the caller names the broker (:func:`cli_broker`) first.
     """
+    sentence = _describe(exc)
+    if cli:
+        for key, flag in _FLAG_OF_KEY:
+            sentence = sentence.replace(key, flag)
+    return sentence
+
+
+def _describe(exc: BaseException) -> str:
     chain = _chain(exc)
     texts: list[str] = []
     for link in chain:

@@ -45,6 +45,7 @@ from gateway.log import get_logger
 from gateway.state import StateStore
 from gateway.web.api import SESSION, Api, ClipsLike, SchedulerLike, error
 from gateway.web.auth import Access
+from gateway.web.backup import register_backup
 from gateway.web.connections import (
     KEEPALIVE_S,
     MAX_CONNECTIONS,
@@ -264,6 +265,7 @@ class WebServer:
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/metrics", self._metrics)
         self.api.register(self.app.router)
+        register_backup(self.app.router, settings)
         registry.register(_WebCollector(self))
 
     def attach(
