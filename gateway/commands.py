@@ -171,9 +171,16 @@ class PaVolumeArgs(_Args):
 class PaClipFetchArgs(_Args):
     """``pa.clip.fetch``."""
 
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(max_length=256)
+    """An id, or a natural name that becomes the clip's label (the store judges it)."""
     url: str = Field(pattern=r"^https?://", max_length=2048)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class PaClipDeleteArgs(_Args):
+    """``pa.clip.delete`` (an addition): remove a stored clip by its id."""
+
+    clip: str = Field(min_length=1, max_length=128)
 
 
 class NoArgs(_Args):
@@ -194,6 +201,7 @@ ARGS: Mapping[str, type[_Args]] = {
     "pa.stop": PaStopArgs,
     "pa.volume": PaVolumeArgs,
     "pa.clip.fetch": PaClipFetchArgs,
+    "pa.clip.delete": PaClipDeleteArgs,
     "hotspots.probe": NoArgs,
     "system.ping": NoArgs,
     "log.level": LogLevelArgs,
@@ -447,6 +455,7 @@ LANES: Mapping[str, Callable[[BaseModel], str | None]] = {
     "pa.stop": lambda args: "pa",
     "pa.volume": lambda args: "pa",
     "pa.clip.fetch": lambda args: "pa",
+    "pa.clip.delete": lambda args: "pa",
     "log.level": lambda args: "log",
 }
 """Which commands must keep their order: those with the same lane run one after the

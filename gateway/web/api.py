@@ -435,7 +435,13 @@ class Api:
         """The clip store's clips."""
         if self.clips is None:
             return error(503, "not_available", "the loudspeakers are not set up on this gateway")
-        return web.json_response({"clips": [clip.as_dict() for clip in self.clips.list()]})
+        free = getattr(self.clips, "free_bytes", None)  # room on the clips' filesystem
+        return web.json_response(
+            {
+                "clips": [clip.as_dict() for clip in self.clips.list()],
+                "free_bytes": free() if callable(free) else None,
+            }
+        )
 
     async def upload_clip(self, request: web.Request) -> web.StreamResponse:
         """multipart ``name`` + ``file``: streamed to a file under the state folder with
@@ -457,7 +463,16 @@ class Api:
         try:
             received = await _read_upload(request, cap, temp)
             if isinstance(received, web.Response):
-                return received
+                if received.status != 413:
+                    return received
+                over = {
+                    "code": "too_large",
+                    "message": f"a clip is at most {cap} bytes (web.max_upload_mb)",
+                    "detail": {"reason": "clip_too_large", "field": "file", "max_bytes": cap},
+                }
+                refused = web.json_response({"error": over}, status=413)
+                refused.force_close()  # do not read the rest of a body we refuse
+                return refused
             name, size, sha256 = received
             try:
                 if (add_file := getattr(self.clips, "add_file", None)) is not None:
@@ -468,7 +483,12 @@ class Api:
                     del data
             except GatewayError as exc:
                 key = str(getattr(exc, "key", "bad_args"))
-                return error(413 if key == "too_large" else 400, key, str(exc))
+                body: dict[str, Any] = {"code": key, "message": str(exc)}
+                detail_of = getattr(exc, "detail", None)  # the clip store's reason code
+                if callable(detail_of):
+                    body["detail"] = detail_of("file")
+                status = 413 if key == "too_large" else 400
+                return web.json_response({"error": body}, status=status)
         finally:
             self.uploads -= 1
             await asyncio.to_thread(_unlink, temp)
