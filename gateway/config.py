@@ -346,6 +346,8 @@ class HotspotConfig(_Section):
 
     host: str = Field(min_length=1)
     label: str = ""
+    ssid: str | None = Field(default=None, min_length=1, max_length=32)
+    """The open wifi network's name, printed with a wifi QR code on the notice-board sheet."""
     interval_s: float = Field(default=30, gt=0, le=3600)
     fail_threshold: int = Field(default=3, ge=1, le=100)
     recover_threshold: int = Field(default=2, ge=1, le=100)
