@@ -40,6 +40,7 @@ from gateway.hotspots.probes import (
     new_http_session,
     run_probe,
 )
+from gateway.hotspots.reasons import reason_code
 from gateway.hotspots.ubus import ClientCount, UbusClient
 from gateway.hotspots.windows import RollingWindows
 from gateway.log import get_logger
@@ -360,6 +361,7 @@ class HotspotMonitor(Component):
             "state": transition.state,
             "previous": transition.previous,
             "reason": transition.reason,
+            **(_coded(transition.reason) if transition.reason is not None else {}),
             "flaps": target.health.flaps,
             "outages": target.health.outages,
         }
@@ -388,6 +390,7 @@ class HotspotMonitor(Component):
             "state": target.health.state,
             "since": target.since,
             "reason": target.health.reason,
+            **_coded(target.health.reason),
             "rtt_ms": target.windows.rtt_ms(now),
             "loss_pct": target.windows.loss_pct(now),
             "clients": target.clients.clients if target.clients is not None else None,
@@ -404,8 +407,15 @@ class HotspotMonitor(Component):
         return {
             "state": target.health.state,
             "reason": target.health.reason,
+            **_coded(target.health.reason),
             "probes": [result.as_dict() for result in target.last],
         }
+
+
+def _coded(reason: str | None) -> dict[str, Any]:
+    """``reason_code`` and ``reason_params`` to put beside a ``reason`` text."""
+    code, params = reason_code(reason)
+    return {"reason_code": code, "reason_params": params}
 
 
 def _figures(target: _Target, now: float) -> dict[str, Any]:
