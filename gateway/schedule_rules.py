@@ -131,12 +131,29 @@ class SunTimes:
 class Sun:
     """Sunrise and sunset at one place, computed by astral in the place's own time zone."""
 
-    __slots__ = ("_cache", "_observer", "tz")
+    __slots__ = ("_cache", "_observer", "_seconds", "tz")
 
     def __init__(self, *, latitude: float, longitude: float, timezone: str | tzinfo) -> None:
         self.tz: tzinfo = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
         self._observer = Observer(latitude=latitude, longitude=longitude)
         self._cache: dict[date, SunTimes] = {}
+        self._seconds: dict[date, tuple[int, int]] = {}
+
+    def day_seconds(self, day: date) -> tuple[int, int]:
+        """Sunrise and sunset of ``day`` in whole seconds after local midnight (by the wall
+        clock): what the rules compare over a whole year, without building datetimes."""
+        found = self._seconds.get(day)
+        if found is None:
+            times = self.times(day)
+            rise, sets = times.sunrise.astimezone(self.tz), times.sunset.astimezone(self.tz)
+            found = (
+                rise.hour * 3600 + rise.minute * 60 + rise.second,
+                sets.hour * 3600 + sets.minute * 60 + sets.second,
+            )
+            if len(self._seconds) >= 800:
+                self._seconds.clear()
+            self._seconds[day] = found
+        return found
 
     def times(self, day: date) -> SunTimes:
         """Sunrise and sunset of the local ``day``; raises :class:`SunError` if implausible."""
@@ -198,9 +215,8 @@ class TimeOfDay:
         """Seconds after the local midnight of ``day`` (may pass 86,400 past midnight)."""
         if self.sun is None:
             return self.hour * 3600 + self.minute * 60
-        at = self.resolve(day, sun)
-        midnight = datetime(day.year, day.month, day.day, tzinfo=sun.tz)
-        return round((at - midnight).total_seconds())
+        sunrise_s, sunset_s = sun.day_seconds(day)
+        return (sunset_s if self.sun == "sunset" else sunrise_s) + self.offset_min * 60
 
 
 def _fold(text: str) -> str:
@@ -507,9 +523,12 @@ class _Checker:
         """The rules that need the calendar: an interval never empty, an order that holds
         all year, and no overlap between rows of one relay."""
         spans: dict[str, list[tuple[int, int, int, date]]] = {}
+        per_relay: dict[str, int] = {}
+        for row in rows:
+            per_relay[row.relay] = per_relay.get(row.relay, 0) + 1
         for row in rows:
             try:
-                found = _row_spans(row, sun, today)
+                found = _row_spans(row, sun, today, overlap=per_relay[row.relay] > 1)
             except SunError as exc:
                 self.add("sun_unavailable", self.relay_field, row.number, "on", str(exc))
                 continue
@@ -540,12 +559,23 @@ class _Checker:
                     latest = (end, number)
 
 
-def _row_spans(row: _Row, sun: Sun, today: date) -> list[tuple[int, int, int, date]] | RuleProblem:
-    """The row's intervals over the coming year, in seconds from ``today``'s midnight, or
-    the problem that makes the row unusable."""
+def _row_spans(
+    row: _Row, sun: Sun, today: date, *, overlap: bool
+) -> list[tuple[int, int, int, date]] | RuleProblem:
+    """The row's intervals over the coming year, in seconds from ``today``'s midnight
+    (only when another row of its relay may ``overlap`` it), or the problem that makes
+    the row unusable. A row of two clock times is the same every day: one day is enough."""
     spans = []
     crosses: bool | None = None
-    for offset in range(SCAN_DAYS):
+    fixed = row.on.sun is None and row.off.sun is None
+    days = SCAN_DAYS
+    if fixed and not overlap:
+        days = 0
+        if row.on == row.off:
+            return RuleProblem(
+                "empty_interval", "", row.number, "off", "off is at the same moment as on", {}
+            )
+    for offset in range(days):
         day = today + timedelta(days=offset)
         if WEEKDAYS[day.weekday()] not in row.days:
             continue
@@ -573,6 +603,8 @@ def _row_spans(row: _Row, sun: Sun, today: date) -> list[tuple[int, int, int, da
                 "order holds all year",
                 {"date": day.isoformat()},
             )
+        if not overlap:
+            continue
         base = offset * 86_400
         end = (
             base + 86_400 + row.off.seconds(day + timedelta(days=1), sun)

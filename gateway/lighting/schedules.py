@@ -400,7 +400,11 @@ class Scheduler(Component):
 
         Invalid input raises :class:`ScheduleError` and changes nothing.
         """
-        new_relays, new_broadcasts = self.validate(relays, broadcasts, relay_names=relay_names)
+        # A year of sun times for up to 200 rows is a fraction of a second on a Pi:
+        # judged in a thread, so relays and the PA are not held up meanwhile.
+        new_relays, new_broadcasts = await asyncio.to_thread(
+            functools.partial(self.validate, relays, broadcasts, relay_names=relay_names)
+        )
         data = {
             "relays": [item.model_dump(mode="json") for item in new_relays],
             "broadcasts": [item.model_dump(mode="json") for item in new_broadcasts],
