@@ -572,7 +572,7 @@ def test_uploading_a_clip_adds_it_to_the_library(
     page.set_input_files("#pa-upload-file", str(fake))
     page.click("#pa-upload")
     expect(reply).to_have_attribute("data-status", "error", timeout=LIVE_S)
-    expect(reply).to_have_text("Tệp không phải âm thanh đọc được (dùng WAV, MP3, OGG hoặc FLAC).")
+    expect(reply).to_have_text("Tệp không phải âm thanh đọc được (dùng WAV, MP3, OGG hoặc FLAC)")
     expect(page.locator("#pa-clips li[data-clip=fake]")).to_have_count(0)
 
 

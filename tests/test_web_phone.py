@@ -410,6 +410,123 @@ def test_wifi_payload_escapes_what_the_format_reserves() -> None:
     assert wifi_payload("Wifi xã") == "WIFI:S:Wifi xã;T:nopass;;"
 
 
+def test_schedules_take_vietnamese_words_and_mark_the_wrong_row(
+    browser: Browser, phone: PhonePage, rig: WebRig
+) -> None:
+    """ "Bật lúc hoàng hôn, tắt lúc 05:00" is one row that ends the next morning and is
+    saved as typed; a wrong time marks its own row in red with the reason in words (rows
+    counted from 1, never a pattern), and the answer is next to the save button."""
+    page = log_in(phone, rig)
+    go(page, "schedules")
+    rows = page.locator("#sched-relays article.sched-row")
+    expect(rows.first).to_be_visible(timeout=LIVE_S)
+    before = rows.count()
+    page.click("#sched-add-relay")
+    night = rows.nth(before)
+    night.locator("select[data-field=relay]").select_option("road")
+    night.locator("input[data-field=on]").fill("hoàng hôn")
+    night.locator("input[data-field=off]").fill("05:00")
+    expect(night.locator(".overnight")).to_have_text("tắt vào sáng hôm sau")
+    page.click("#sched-save")
+    expect(page.locator("#sched-reply")).to_have_text("Đã thực hiện", timeout=LIVE_S)
+    phone.shot("vi-360-schedules-saved")
+
+    fresh = open_phone(browser, rig)
+    try:
+        other = log_in(fresh, rig)
+        go(other, "schedules")
+        saved = other.locator("#sched-relays article.sched-row")
+        expect(saved).to_have_count(before + 1, timeout=LIVE_S)
+        expect(saved.nth(before).locator("input[data-field=on]")).to_have_value("hoàng hôn")
+        expect(saved.nth(before).locator("input[data-field=off]")).to_have_value("05:00")
+        expect(saved.nth(before).locator(".overnight")).to_be_visible()
+    finally:
+        fresh.page.context.close()
+
+    page.click("#sched-add-relay")
+    wrong = rows.nth(before + 1)
+    wrong.locator("select[data-field=relay]").select_option("yard")
+    wrong.locator("input[data-field=on]").fill("06:00")
+    wrong.locator("input[data-field=off]").fill("25:99")
+    page.click("#sched-save")
+    reply = page.locator("#sched-reply")
+    expect(reply).to_have_attribute("data-status", "rejected", timeout=LIVE_S)
+    expect(reply).to_have_text(f"Bị từ chối: Dòng {before + 2}: giờ tắt: " + _TIME_RULE)
+    expect(wrong).to_have_class(re.compile(r"\binvalid\b"))
+    expect(wrong.locator(".row-error")).to_have_text("Dòng này có lỗi: giờ tắt: " + _TIME_RULE)
+    expect(wrong.locator("input[data-field=off]")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#sched-relays .sched-row.invalid")).to_have_count(1)
+    assert_near(page, page.locator("#sched-save"), reply)
+    phone.shot("vi-360-schedules-refused")
+    page.click("#sched-revert")
+    expect(page.locator("#sched-relays .sched-row.invalid")).to_have_count(0)
+
+
+_TIME_RULE = "giờ phải dạng 18:30, hoặc hoàng hôn / bình minh ± phút"
+
+
+def test_clip_library_names_listening_progress_and_delete(
+    phone: PhonePage, rig: WebRig, tmp_path: Path
+) -> None:
+    """A clip uploaded as "Bản tin sáng" is listed and offered by that name (its id is
+    ban-tin-sang), with a progress bar while it goes up; the phone can listen to it (the
+    audio route needs the login), free space is shown, and it can be deleted (bundled
+    clips cannot)."""
+    page = log_in(phone, rig)
+    go(page, "pa")
+    page.evaluate(  # remember the highest value the progress bar was given
+        """() => {
+            window.progressSeen = 0;
+            const bar = document.getElementById('pa-upload-progress');
+            const own = Object.getOwnPropertyDescriptor(HTMLProgressElement.prototype, 'value');
+            Object.defineProperty(bar, 'value', {
+                get() { return own.get.call(this); },
+                set(v) {
+                    window.progressSeen = Math.max(window.progressSeen, v);
+                    own.set.call(this, v);
+                },
+            });
+        }"""
+    )
+    page.fill("#pa-upload-name", "Bản tin sáng")
+    page.set_input_files("#pa-upload-file", str(_wav(tmp_path / "sang.wav", seconds=2.0)))
+    expect(page.locator("#pa-upload-chosen")).to_have_text("sang.wav")
+    page.click("#pa-upload")
+    reply = page.locator("#pa-upload-reply")
+    expect(reply).to_have_text("Đã lưu bản tin «Bản tin sáng».", timeout=LIVE_S)
+    assert page.evaluate("window.progressSeen") == 100
+    item = page.locator("#pa-clips li[data-clip=ban-tin-sang]")
+    expect(item.locator(".clip-label")).to_have_text("Bản tin sáng")
+    expect(page.locator("#pa-clip option[value=ban-tin-sang]")).to_have_text("Bản tin sáng")
+    expect(page.locator("#pa-free")).to_have_text(re.compile(r"^Còn trống .+ trên thẻ nhớ\.$"))
+
+    src = item.locator("audio").get_attribute("src")
+    assert src == "/api/v1/clips/ban-tin-sang/audio"
+    heard = page.evaluate(
+        """async (src) => {
+            const response = await fetch(src);
+            const body = await response.arrayBuffer();
+            return [response.status, response.headers.get('content-type'), body.byteLength];
+        }""",
+        src,
+    )
+    assert heard[0] == 200
+    assert heard[1] == "audio/wav"
+    assert heard[2] > 60_000
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(rig.url + src, timeout=5)  # noqa: S310
+    assert refused.value.code == 401
+    expect(page.locator("#pa-clips li[data-clip=test-tone] .clip-delete")).to_have_count(0)
+    phone.shot("vi-360-pa-library")
+
+    item.locator(".clip-delete").click()
+    expect(page.locator("#confirm-text")).to_contain_text("Bản tin sáng")
+    page.click("#confirm-ok")
+    expect(reply).to_have_text("Đã xóa bản tin «Bản tin sáng».", timeout=LIVE_S)
+    expect(item).to_have_count(0)
+    expect(page.locator("#pa-clip option[value=ban-tin-sang]")).to_have_count(0)
+
+
 @pytest.mark.parametrize("lang", ["vi", "en"])
 def test_screenshots_of_every_page_at_360_px(phone: PhonePage, rig: WebRig, lang: str) -> None:
     """Every page at 360x740 in both languages, nothing wider than the screen; the

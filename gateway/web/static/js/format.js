@@ -64,15 +64,20 @@ function capital(text) {
   return text ? text[0].toLocaleUpperCase(locale()) + text.slice(1) : text;
 }
 
-/** The sentence of one problem of ``error.detail`` (reason, field, row, key, params). */
-export function reasonText(detail) {
+/** One problem of ``error.detail`` (reason, key, params) in words, without its row. */
+export function problemText(detail) {
   const params = { ...detail, key_name: fieldName(detail.key || detail.field) };
+  if (typeof detail.max_bytes === "number") params.max_mb = num(detail.max_bytes / 1e6, 0);
   const reason = either(`reason.${detail.reason}`, "reason.unknown", params);
-  const field = detail.key || (detail.row ? null : detail.field);
-  const sentence =
-    field && has(`field.${field}`) && detail.reason !== "missing_key"
-      ? t("reason.field", { field: t(`field.${field}`), reason })
-      : reason;
+  const field = detail.key; // a row's key (on, off, days...): said before the reason
+  return field && has(`field.${field}`) && detail.reason !== "missing_key"
+    ? t("reason.field", { field: t(`field.${field}`), reason })
+    : reason;
+}
+
+/** The sentence of one problem: "Dòng 2: giờ tắt: …" for a row, else capitalised. */
+export function reasonText(detail) {
+  const sentence = problemText(detail);
   return detail.row ? t("reason.row", { row: detail.row, reason: sentence }) : capital(sentence);
 }
 
@@ -168,13 +173,25 @@ export function commandName(type) {
   return either(`command.${String(type || "unknown").replaceAll(".", "_")}`, "command.unknown");
 }
 
-/** A hotspot state's reason: reason_code (+ reason_params) in words, never the text. */
+/**
+ * A hotspot state's reason: ``reason_code`` (+ ``reason_params``) in words, never the
+ * text. A probe's code is ``<probe>_<what>`` (tcp_refused): the what is worded, and which
+ * check saw it.
+ */
 export function hotspotReason(view) {
   if (!view?.reason_code && !view?.reason) return null;
-  if (view.reason_code) {
-    return either(`hreason.${view.reason_code}`, "hreason.unknown", view.reason_params || {});
+  const code = view.reason_code;
+  if (!code) return legacyReason(String(view.reason));
+  const params = { ...(view.reason_params || {}) };
+  if (has(`hreason.${code}`)) return t(`hreason.${code}`, params);
+  const probe = /^(icmp|tcp|http|dns)_(.+)$/.exec(code);
+  if (probe && has(`hreason.${probe[2]}`)) {
+    return t("hreason.by_probe", {
+      reason: t(`hreason.${probe[2]}`, params),
+      probe: t(`probe.${probe[1]}`),
+    });
   }
-  return legacyReason(String(view.reason));
+  return t("hreason.other");
 }
 
 /** An older daemon sends only its English reason: map the known ones, hide the rest. */

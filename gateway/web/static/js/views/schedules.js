@@ -11,7 +11,7 @@
 
 import { byId, clear, h, setOptions } from "../dom.js";
 import { t } from "../i18n.js";
-import { clipName, reasonText, showReply, time } from "../format.js";
+import { clipName, problemText, showReply, time } from "../format.js";
 import { store } from "../store.js";
 
 const DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
@@ -148,7 +148,7 @@ function marked(article, list, index) {
   for (const problem of found) {
     const field = article.querySelector(`[data-field="${problem.key}"]`);
     if (field) field.setAttribute("aria-invalid", "true");
-    const reason = reasonText({ ...problem, row: undefined });
+    const reason = problemText(problem);
     article.append(h("p", { class: "row-error", text: t("schedules.row_error", { reason }) }));
   }
   return article;
