@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from gateway.hotspots import probes
-from gateway.hotspots.reasons import CODES, probe_reason_code, reason_code
+from gateway.hotspots.reasons import (
+    CLIENT_CODES,
+    CODES,
+    clients_reason_code,
+    probe_reason_code,
+    reason_code,
+)
 
 
 def every_probe_reason() -> list[str]:
@@ -61,3 +67,31 @@ def test_known_reasons(text: str | None, code: str | None, params: dict[str, obj
     """The texts of the hysteresis and the monitor map to their codes and parameters; an
     unforeseen text is ``other`` and carries itself, so nothing is lost."""
     assert reason_code(text) == (code, params)
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "params"),
+    [
+        (None, None, {}),
+        ("login refused: wrong username or password", "clients_login_refused",
+         {"detail": "wrong username or password"}),
+        ("permission denied: the access point's rpcd ACL does not grant hostapd.wlan0 "
+         "get_clients", "clients_permission",
+         {"detail": "the access point's rpcd ACL does not grant hostapd.wlan0 get_clients"}),
+        ("rpc error -32000: Object not found", "clients_rpc_error",
+         {"detail": "-32000: Object not found"}),
+        ("malformed reply: not JSON", "clients_malformed", {"detail": "not JSON"}),
+        ("password file /etc/x cannot be read: No such file", "clients_password_file",
+         {"detail": "/etc/x cannot be read: No such file"}),
+        ("ubus status 6 (permission denied)", "clients_ubus_status",
+         {"detail": "6 (permission denied)"}),
+        ("http 404", "clients_http_status", {"status": 404}),
+        ("timeout", "clients_timeout", {}),
+        ("refused", "clients_refused", {}),
+        ("error: OSError", "clients_error", {"detail": "OSError"}),
+    ],
+)  # fmt: skip
+def test_clients_reasons(text: str | None, code: str | None, params: dict[str, object]) -> None:
+    """Why an access point's client count is unknown has a code too (docs/hotspots.md)."""
+    assert clients_reason_code(text) == (code, params)
+    assert code is None or code in CLIENT_CODES

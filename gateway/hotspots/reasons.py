@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["CODES", "probe_reason_code", "reason_code"]
+__all__ = ["CLIENT_CODES", "CODES", "clients_reason_code", "probe_reason_code", "reason_code"]
 
 _KINDS = ("icmp", "tcp", "http", "dns")
 _FIXED = {
@@ -105,4 +105,39 @@ def reason_code(reason: str | None) -> tuple[str | None, dict[str, Any]]:
     kind, colon, rest = reason.partition(": ")
     if colon and kind in _KINDS:
         return probe_reason_code(kind, rest)
+    return "other", {"text": reason}
+
+
+_CLIENT_PREFIXES = (
+    ("login refused", "clients_login_refused"),
+    ("permission denied", "clients_permission"),
+    ("rpc error", "clients_rpc_error"),
+    ("malformed reply", "clients_malformed"),
+    ("password file", "clients_password_file"),
+    ("ubus status", "clients_ubus_status"),
+    ("dns error", "clients_dns_failed"),
+    ("error", "clients_error"),
+)
+CLIENT_CODES = (
+    *(code for _, code in _CLIENT_PREFIXES),
+    "clients_http_status",
+    *(f"clients_{what}" for what in _PROBE.values()),
+    "other",
+)
+"""Every code :func:`clients_reason_code` may give."""
+
+
+def clients_reason_code(reason: str | None) -> tuple[str | None, dict[str, Any]]:
+    """The code and parameters of a ``clients_reason`` (why an access point's client
+    count could not be read over ubus); the text after the prefix is ``detail``."""
+    if reason is None:
+        return None, {}
+    for prefix, code in _CLIENT_PREFIXES:
+        if reason.startswith(prefix):
+            detail = reason.removeprefix(prefix).lstrip(": ")
+            return code, {"detail": detail} if detail else {}
+    if (status := _HTTP.fullmatch(reason)) is not None:
+        return "clients_http_status", {"status": int(status["status"])}
+    if reason in _PROBE:  # the probes' words for a failed connection (timeout, refused)
+        return f"clients_{_PROBE[reason]}", {}
     return "other", {"text": reason}
