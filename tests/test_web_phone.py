@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import segno
-from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect
+from playwright.sync_api import Browser, Locator, Page, ViewportSize, WebSocketRoute, expect
 
 from gateway.web.printout import wifi_payload
 from tests.browser import (
@@ -525,6 +525,43 @@ def test_clip_library_names_listening_progress_and_delete(
     expect(reply).to_have_text("Đã xóa bản tin «Bản tin sáng».", timeout=LIVE_S)
     expect(item).to_have_count(0)
     expect(page.locator("#pa-clip option[value=ban-tin-sang]")).to_have_count(0)
+
+
+def _last_good(text: str | bytes) -> str | bytes:
+    """A live message as a daemon on its last good configuration would send it."""
+    message = json.loads(text)
+    system = None
+    if message.get("kind") == "hello":
+        system = message["state"].setdefault("system", {})
+    elif message.get("kind") == "state" and message.get("component") == "system":
+        system = message["snapshot"]
+    if system is None:
+        return text
+    system["config_status"] = "last_good"
+    system["config_problems"] = [{"key": "relays.yard.pin", "message": "pin 99 does not exist"}]
+    return json.dumps(message)
+
+
+def test_a_banner_on_every_page_when_the_config_fell_back(phone: PhonePage, rig: WebRig) -> None:
+    """When the system state says config_status = last_good (the new configuration had
+    errors), every page shows the red banner with the wrong key, never the English text.
+    The daemon's live feed is passed through with that key added."""
+    page = phone.page
+
+    def through(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        server.on_message(lambda text: ws.send(_last_good(text)))
+
+    page.route_web_socket(re.compile(r"/api/v1/ws$"), through)
+    log_in(phone, rig)
+    banner = page.locator("#banner")
+    for name in PAGES:
+        go(page, name)
+        expect(banner).to_be_visible(timeout=LIVE_S)
+        expect(banner).to_contain_text("Cấu hình mới có lỗi")
+        expect(banner).to_contain_text("Mục lỗi: relays.yard.pin")
+        expect(banner).not_to_contain_text("does not exist")
+    phone.shot("vi-360-banner")
 
 
 @pytest.mark.parametrize("lang", ["vi", "en"])
