@@ -7,7 +7,7 @@
 // "ban-tin-sang") is what commands carry.
 
 import { byId, clear, h, setOptions } from "../dom.js";
-import { num, t } from "../i18n.js";
+import { has, num, t } from "../i18n.js";
 import { bytes, clipName, duration, relayName, showError, showInfo, time } from "../format.js";
 import * as api from "../api.js";
 import { setClips, store } from "../store.js";
@@ -241,7 +241,9 @@ export function mount(ctx) {
       now.append(h("span", { class: "muted", text: t("pa.silent") }));
     }
     const device = [];
-    if (pa.device) device.push(t("pa.device", { state: t(`device.${pa.device}`) }));
+    if (pa.device && has(`device.${pa.device}`)) {
+      device.push(t("pa.device", { state: t(`device.${pa.device}`) }));
+    }
     if (typeof pa.amplifier === "boolean") {
       device.push(t(pa.amplifier ? "pa.amp_on" : "pa.amp_off"));
     }

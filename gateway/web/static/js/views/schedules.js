@@ -10,7 +10,7 @@
 // While someone edits, live updates do not overwrite the form; "Revert" reloads it.
 
 import { byId, clear, h, setOptions } from "../dom.js";
-import { t } from "../i18n.js";
+import { has, t } from "../i18n.js";
 import { clipName, problemText, showReply, time } from "../format.js";
 import { store } from "../store.js";
 
@@ -302,7 +302,9 @@ export function mount(ctx) {
     const bits = [];
     if (s.next_change) bits.push(t("schedules.next_change", { time: time(s.next_change) }));
     if (s.holding) bits.push(t("schedules.holding"));
-    if (s.source) bits.push(t("schedules.source", { source: t(`schedules.source_${s.source}`) }));
+    if (has(`schedules.source_${s.source}`)) {
+      bits.push(t("schedules.source", { source: t(`schedules.source_${s.source}`) }));
+    }
     byId("sched-info").textContent = bits.join(" · ");
   }
 

@@ -10,7 +10,7 @@ import { store } from "../store.js";
 const cards = new Map();
 
 function stateText(state) {
-  return has(`hotspot.${state}`) ? t(`hotspot.${state}`) : String(state ?? "—");
+  return t(has(`hotspot.${state}`) ? `hotspot.${state}` : "hotspot.unknown");
 }
 
 function availability(value) {
