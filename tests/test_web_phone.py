@@ -400,7 +400,8 @@ def test_the_notice_board_sheet_has_the_right_qr_codes(phone: PhonePage, rig: We
     assert page.locator(".web img").get_attribute("src") == drawn(address)
     assert wifi.locator("img").get_attribute("src") == drawn(wifi_payload(HOTSPOT_SSID))
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.pdf(path=str(SCREENSHOTS / "vi-print.pdf"), format="A4")
+    pdf = page.pdf(path=str(SCREENSHOTS / "vi-print.pdf"), format="A4")
+    assert len(re.findall(rb"/Type\s*/Page[^s]", pdf)) == 1, "the sheet is one A4 page"
     phone.shot("vi-360-print")
 
 
