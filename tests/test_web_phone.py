@@ -258,13 +258,21 @@ VISIBLE_TEXT = """() => {
 }"""
 
 
-def test_no_english_reaches_a_vietnamese_page(phone: PhonePage, rig: WebRig) -> None:
-    """Every page in Vietnamese, after actions that leave answers on screen (a refused
-    schedule, a refused command in the events): each visible text is a catalogue sentence
-    (with its parameters), a figure, or something the operator named (data-user)."""
-    vi: dict[str, str] = json.loads((STATIC / "i18n" / "vi.json").read_text("utf-8"))
-    patterns = _patterns(vi)
+@pytest.mark.parametrize("lang", ["vi", "en"])
+def test_no_text_outside_the_catalogue(
+    phone: PhonePage, rig: WebRig, tmp_path: Path, lang: str
+) -> None:
+    """Every page in Vietnamese (and, the same way, in English), after actions that leave
+    answers on screen (a refused command in the events, a wrong minute value, a refused
+    upload, a refused schedule), and the login page: each visible text is a catalogue
+    sentence (with its parameters), a figure, or something the operator named
+    (data-user). A refused schedule names its row from 1 and shows no pattern."""
+    catalogue: dict[str, str] = json.loads((STATIC / "i18n" / f"{lang}.json").read_text("utf-8"))
+    patterns = _patterns(catalogue)
     page = log_in(phone, rig)
+    if lang == "en":
+        page.click("#lang-switch")
+        expect(page.locator("html")).to_have_attribute("lang", "en")
     page.evaluate(
         """async () => {
             const session = await (await fetch('/api/v1/session')).json();
@@ -276,21 +284,47 @@ def test_no_english_reaches_a_vietnamese_page(phone: PhonePage, rig: WebRig) -> 
         }"""
     )
     stray: dict[str, list[str]] = {}
+
+    def check(where: str) -> None:
+        page.wait_for_timeout(300)
+        texts: list[str] = page.evaluate(VISIBLE_TEXT)
+        bad = [text for text in texts if not _explained(text, patterns)]
+        if bad:
+            stray[where] = bad
+
     for name in PAGES:
         go(page, name)
+        if name == "lights":
+            card = page.locator("article[data-relay=yard]")
+            card.locator("input.minutes").fill("0")
+            card.locator(".relay-for").click()
+            expect(card.locator(".relay-reply")).to_have_attribute("data-status", "error")
+        if name == "pa":
+            fake = tmp_path / "not-audio.mp3"
+            fake.write_text("this is not audio\n")
+            page.fill("#pa-upload-name", "Không phải âm thanh")
+            page.set_input_files("#pa-upload-file", str(fake))
+            page.click("#pa-upload")
+            expect(page.locator("#pa-upload-reply")).to_have_attribute(
+                "data-status", "error", timeout=LIVE_S
+            )
         if name == "schedules":
             rows = page.locator("#sched-relays article.sched-row")
             expect(rows.first).to_be_visible(timeout=LIVE_S)
             rows.first.locator("input[data-field=on]").fill("hoàng hôn + 999 phút")
             page.click("#sched-save")
-            answered(page.locator("#sched-reply"))
-        page.wait_for_timeout(300)
-        texts: list[str] = page.evaluate(VISIBLE_TEXT)
-        bad = [text for text in texts if not _explained(text, patterns)]
-        if bad:
-            stray[name] = bad
+            reply = page.locator("#sched-reply")
+            expect(reply).to_have_attribute("data-status", "rejected", timeout=LIVE_S)
+            said = reply.inner_text()
+            assert "Dòng 1:" in said or "Row 1:" in said, said
+            assert "pattern" not in said
+            assert "^(?:" not in said
+        check(name)
         if name == "schedules":
             page.click("#sched-revert")
+    page.click("#logout")
+    expect(page.locator("#login-form")).to_be_visible()
+    check("login")
     assert stray == {}, stray
 
 
