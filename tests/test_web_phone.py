@@ -417,6 +417,13 @@ def test_the_notice_board_sheet_has_the_right_qr_codes(phone: PhonePage, rig: We
     go(page, "overview")
     assert page.locator("#ov-print").get_attribute("href") == "/print"
     assert page.locator("#ov-backup").get_attribute("href") == "/api/v1/backup"
+    # The backup link shows exactly when this build has the backup route.
+    has_backup = page.evaluate("async () => (await (await fetch('/api/v1/state')).json()).features")
+    block = page.locator("#ov-backup-block")
+    if has_backup["backup"]:
+        expect(block).to_be_visible()
+    else:
+        expect(block).to_be_hidden()
     page.goto("/print")
     expect(page.locator("h1")).to_have_text(VILLAGE)
     expect(page.locator("html")).to_have_attribute("lang", "vi")

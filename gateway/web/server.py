@@ -503,7 +503,12 @@ class WebServer:
             "link": {"online": self._link_online()},
             "health": details.get("components", {}),
             "owners": self._owners(),
+            "features": {"backup": self._has_route("/api/v1/backup")},
         }
+
+    def _has_route(self, pattern: str) -> bool:
+        """Whether a route is registered (the page hides links to routes this build lacks)."""
+        return any(resource.canonical == pattern for resource in self.app.router.resources())
 
     def _owners(self) -> dict[str, str]:
         """Relays another part runs by itself (the amplifier's belongs to the PA): the

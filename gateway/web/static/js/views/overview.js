@@ -112,6 +112,9 @@ export function mount() {
       );
     }
     if (!names.length) list.append(h("li", { class: "muted", text: t("overview.no_health") }));
+    // A daemon without the backup route hides the link instead of offering a download
+    // that fails.
+    byId("ov-backup-block").hidden = state.features?.backup === false;
     const gateway = state.gateway || {};
     byId("ov-version").textContent = t("overview.version", {
       id: gateway.id || "—",
