@@ -21,6 +21,7 @@ from bench import (
     bench_http,
     bench_log,
     bench_pa,
+    bench_schedules,
     bench_slow_disk,
     bench_uplink,
     bench_web,
@@ -42,6 +43,7 @@ BENCHES: dict[str, Callable[[], str | Iterable[str]]] = {
     "hotspots": lambda: asyncio.run(bench_hotspots.run()),
     "web": lambda: asyncio.run(bench_web.run()),
     "pa": bench_pa.run,
+    "schedules": bench_schedules.run,
 }
 """Every benchmark, in the order ``make bench`` runs them."""
 

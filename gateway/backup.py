@@ -6,8 +6,8 @@ gateway's id and version, and the SHA-256, size and mode of every other member) 
 files under ``config/`` (the configuration file) and ``state/`` (the web password hash,
 the schedules set by command, the broadcast log, the relay state, the PA volume, the
 clips; with ``--with-outbox`` the outbox, copied through SQLite's backup API so a
-running daemon's database is copied consistently). Sessions live in memory only: after
-a restore operators log in again, with the same password.
+running daemon's database is copied consistently). The web sessions (hashes of their
+tokens) come along, so a phone that was logged in stays logged in on the new card.
 
 Restore checks the whole archive before it changes anything: a file that is not a tar,
 is truncated, has no manifest of ours, a checksum that does not match, a member the
@@ -70,7 +70,14 @@ FORMAT = "village-gateway-backup"
 VERSION = 1
 MANIFEST = "manifest.json"
 CONFIG_MEMBER = "config/config.toml"
-STATE_FILES = ("web_password", "schedules.json", "broadcasts.json", "relays.json", "pa.json")
+STATE_FILES = (
+    "web_password",
+    "web_sessions.json",
+    "schedules.json",
+    "broadcasts.json",
+    "relays.json",
+    "pa.json",
+)
 """Files of the state folder that make this gateway itself."""
 STATE_FOLDERS = ("clips",)
 OUTBOX_DB = "outbox.db"

@@ -17,6 +17,7 @@ import grp
 import os
 import pwd
 import stat
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,12 +230,20 @@ def device_problem(device: str) -> str | None:
 
 
 def _clip_exists(settings: Settings, name: str) -> bool:
+    """Whether a clip answers to ``name``: its id, or the label kept beside it."""
     if (_BUNDLED_CLIPS / f"{name}.wav").is_file():
         return True
     folder = settings.gateway.state_dir / "clips"
     try:
-        return any(path.is_file() for path in folder.glob(f"{name}.*"))
-    except OSError:
+        if any(path.is_file() for path in folder.glob(f"{name}.*") if path.suffix != ".label"):
+            return True
+        wanted = unicodedata.normalize("NFC", name).strip().casefold()
+        return any(
+            unicodedata.normalize("NFC", label.read_text(encoding="utf-8")).strip().casefold()
+            == wanted
+            for label in folder.glob("*.label")
+        )
+    except (OSError, UnicodeDecodeError):
         return False
 
 
@@ -245,7 +254,11 @@ def _check_clips(settings: Settings, report: CheckReport) -> None:
     a backup) after the configuration that names them is written.
     """
     for index, broadcast in enumerate(settings.schedules.broadcasts):
-        name = broadcast.clip.lower()
+        # Broadcast rows stay as written (the schedule rules judge them), dicts here.
+        clip = broadcast.get("clip") if isinstance(broadcast, dict) else None
+        if not isinstance(clip, str) or not clip.strip():
+            continue  # the schedule rules already refused it
+        name = clip.strip()
         if not _clip_exists(settings, name):
             report.warnings.append(
                 ConfigProblem(

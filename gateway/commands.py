@@ -21,7 +21,7 @@ import sqlite3
 import time
 import uuid
 import zoneinfo
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +37,6 @@ from pydantic import (
 )
 
 from gateway.clock import now_iso
-from gateway.config import BroadcastSchedule, RelaySchedule
 from gateway.errors import ConfigError, GatewayError
 from gateway.events import EventHub
 from gateway.log import get_logger, is_enabled
@@ -76,13 +75,26 @@ KEEP_SECONDS = 24 * 3600
 
 
 class CommandError(GatewayError):
-    """A handler refuses: ``key`` is the PROTOCOL.md ``error.code`` (e.g. unknown_target)."""
+    """A handler refuses: ``key`` is the PROTOCOL.md ``error.code`` (e.g. unknown_target).
 
-    def __init__(self, key: str, message: str, *, command_id: str | None = None) -> None:
+    ``detail`` is the reply's optional ``error.detail``: ``{"reason", "field", "row"?,
+    ...params}``, what a user interface needs to say the refusal in its own language and
+    to mark the wrong field (docs/protocol.md lists the reasons). Rows count from 1.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        message: str,
+        *,
+        command_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.key = key
         self.command_id = command_id
         """The id to answer with; None when the payload did not carry a valid one."""
+        self.detail = dict(detail) if detail is not None else None
 
 
 class _Args(BaseModel):
@@ -108,8 +120,9 @@ class ScheduleSetArgs(_Args):
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
-    schedules: list[RelaySchedule] = Field(max_length=200)
-    broadcasts: list[BroadcastSchedule] = Field(default_factory=list, max_length=200)
+    # Rows are judged by gateway.schedule_rules (reason codes, 1-based rows), not here.
+    schedules: list[Any]
+    broadcasts: list[Any] = Field(default_factory=list)
     timezone: str | None = None
     """The zone the sender meant the times in; must be the gateway's own if given."""
 
@@ -158,9 +171,16 @@ class PaVolumeArgs(_Args):
 class PaClipFetchArgs(_Args):
     """``pa.clip.fetch``."""
 
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(max_length=256)
+    """An id, or a natural name that becomes the clip's label (the store judges it)."""
     url: str = Field(pattern=r"^https?://", max_length=2048)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class PaClipDeleteArgs(_Args):
+    """``pa.clip.delete`` (an addition): remove a stored clip by its id."""
+
+    clip: str = Field(min_length=1, max_length=128)
 
 
 class NoArgs(_Args):
@@ -181,6 +201,7 @@ ARGS: Mapping[str, type[_Args]] = {
     "pa.stop": PaStopArgs,
     "pa.volume": PaVolumeArgs,
     "pa.clip.fetch": PaClipFetchArgs,
+    "pa.clip.delete": PaClipDeleteArgs,
     "hotspots.probe": NoArgs,
     "system.ping": NoArgs,
     "log.level": LogLevelArgs,
@@ -210,14 +231,23 @@ class Reply:
     result: dict[str, Any] | None = None
     error_code: str | None = None
     error_message: str | None = None
+    error_detail: dict[str, Any] | None = None
+    """``error.detail`` (an addition to PROTOCOL.md): reason code, field, row, params."""
+
+    @classmethod
+    def refused(cls, command_id: str | None, error: CommandError) -> Reply:
+        """The ``rejected`` reply to ``error``, its detail included."""
+        return cls(command_id, "rejected", None, error.key, str(error), error.detail)
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON of PROTOCOL.md: id, status, ts, result?, error?."""
+        """The JSON of PROTOCOL.md: id, status, ts, result?, error? (with detail?)."""
         body: dict[str, Any] = {"id": self.id, "status": self.status, "ts": now_iso("milliseconds")}
         if self.result is not None:
             body["result"] = self.result
         if self.error_code is not None:
             body["error"] = {"code": self.error_code, "message": self.error_message}
+            if self.error_detail is not None:
+                body["error"]["detail"] = self.error_detail
         return body
 
 
@@ -425,6 +455,7 @@ LANES: Mapping[str, Callable[[BaseModel], str | None]] = {
     "pa.stop": lambda args: "pa",
     "pa.volume": lambda args: "pa",
     "pa.clip.fetch": lambda args: "pa",
+    "pa.clip.delete": lambda args: "pa",
     "log.level": lambda args: "log",
 }
 """Which commands must keep their order: those with the same lane run one after the
@@ -505,7 +536,7 @@ class Dispatcher:
             data = decoded if decoded is not None else self._decode(payload)
             command, args = self._validate(data)
         except CommandError as exc:
-            reply = Reply(exc.command_id, "rejected", None, exc.key, str(exc))
+            reply = Reply.refused(exc.command_id, exc)
             return self._answer_now(reply, None, source, reply_up, started)
         verdict = self._judge(command, payload, data, source, reply_up=reply_up, durable=durable)
         if verdict is not None:
@@ -518,7 +549,7 @@ class Dispatcher:
         Stored within the group-commit window, not at once: a flood of junk must not
         cost an fsync per message.
         """
-        reply = Reply(error.command_id, "rejected", None, error.key, str(error))
+        reply = Reply.refused(error.command_id, error)
         event = self._event(reply, None, source, 0.0)
         self._outbox.append_nowait(
             "events", event, on_stored=lambda seq: self._events.stored(event, seq)
@@ -553,7 +584,7 @@ class Dispatcher:
         try:
             command, args = self._validate(self._decode(claim.payload))
         except CommandError as exc:
-            reply = Reply(claim.id, "rejected", None, exc.key, str(exc))
+            reply = Reply.refused(claim.id, exc)
             return self._answer_now(reply, None, source, claim.reply_up, started)
         expired = self._expired(command)
         if expired is not None:
@@ -633,7 +664,9 @@ class Dispatcher:
         try:
             args = model.model_validate(command.args)
         except ValidationError as exc:
-            raise CommandError("bad_args", _first_error(exc), command_id=command_id) from None
+            raise CommandError(
+                "bad_args", _first_error(exc), command_id=command_id, detail=_first_detail(exc)
+            ) from None
         return command, args
 
     def _decode(self, payload: bytes | Mapping[str, Any]) -> dict[str, Any]:
@@ -672,7 +705,7 @@ class Dispatcher:
             try:
                 result = await job.work
             except CommandError as exc:
-                reply = Reply(command.id, "rejected", None, exc.key, str(exc))
+                reply = Reply.refused(command.id, exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a job's bug must still get its one reply
@@ -713,7 +746,7 @@ class Dispatcher:
         try:
             result = await handler(args, source)
         except CommandError as exc:
-            return Reply(command.id, "rejected", None, exc.key, str(exc)), None
+            return Reply.refused(command.id, exc), None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a handler bug must still get its one reply
@@ -854,14 +887,43 @@ def decode(payload: bytes, max_bytes: int) -> dict[str, Any]:
     return data
 
 
+def _where(loc: Sequence[int | str]) -> str:
+    """A validation error's place in words, list rows counted from 1 (``schedules row 2``)."""
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int) and parts:
+            parts[-1] += f" row {part + 1}"
+        else:
+            parts.append(str(part))
+    return ".".join(parts) or "(command)"
+
+
 def _first_error(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False)
     parts = []
     for item in errors[:3]:
-        where = ".".join(str(p) for p in item["loc"]) or "(command)"
         message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
-        parts.append(f"{where}: {message}")
+        parts.append(f"{_where(item['loc'])}: {message}")
     return "; ".join(parts)
+
+
+_PYDANTIC_REASONS = {"extra_forbidden": "unknown_key", "missing": "missing_key"}
+
+
+def _first_detail(exc: ValidationError) -> dict[str, Any]:
+    """``error.detail`` of the first validation error: reason, field and 1-based row."""
+    item = exc.errors(include_url=False)[0]
+    loc = [part for part in item["loc"] if not isinstance(part, int)]
+    rows = [part for part in item["loc"] if isinstance(part, int)]
+    detail: dict[str, Any] = {
+        "reason": _PYDANTIC_REASONS.get(item["type"], "bad_value"),
+        "field": str(loc[0]) if loc else "args",
+    }
+    if rows:
+        detail["row"] = rows[0] + 1
+    if len(loc) > 1:
+        detail["key"] = ".".join(str(part) for part in loc[1:])
+    return detail
 
 
 def new_id(source: Source) -> str:

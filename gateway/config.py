@@ -13,6 +13,7 @@ import ipaddress
 import re
 import tomllib
 import zoneinfo
+from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,6 +31,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from gateway.configwords import plain_problem
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.schedule_rules import RuleProblem, Sun, check_schedules
 
 __all__ = [
     "DEMO_CONFIG",
@@ -179,57 +181,50 @@ class RelayConfig(_Section):
         return value
 
 
-_TIME_OF_DAY = re.compile(r"^(?:(?:[01]\d|2[0-3]):[0-5]\d|(?:sunrise|sunset)(?:[+-]\d{1,3}m)?)$")
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-TimeOfDay = Annotated[str, Field(pattern=_TIME_OF_DAY.pattern)]
-"""``"HH:MM"`` local time, or ``sunset``/``sunrise`` with an optional ``+Nm``/``-Nm``."""
 
 
-def _all_days() -> list[Weekday]:
-    return list(_WEEKDAYS)  # type: ignore[arg-type]
+def _all_days() -> list[str]:
+    return list(_WEEKDAYS)
 
 
 class RelaySchedule(_Section):
     """An interval of desired state: ``relay`` is on from ``on`` to ``off`` that day.
 
-    An interval does not cross midnight; lights on through the night are two entries
-    (``sunset+10m`` → ``22:30`` and ``04:45`` → ``sunrise-15m``).
+    Times are ``"HH:MM"`` or the sun with an offset (``"sunset+10m"``,
+    ``"hoàng hôn + 10 phút"``); an ``off`` before ``on`` ends the next morning. The
+    values are judged by :func:`gateway.schedule_rules.check_schedules`, the one rule
+    function ``schedule.set`` uses too (see :meth:`Settings._schedules_follow_the_rules`).
     """
 
-    relay: Name
-    on: TimeOfDay
-    off: TimeOfDay
-    days: list[Weekday] = Field(default_factory=_all_days, min_length=1)
-
-    @model_validator(mode="after")
-    def _off_after_on(self) -> RelaySchedule:
-        fixed = ":" in self.on and ":" in self.off
-        if fixed and self.off <= self.on:
-            raise ValueError(
-                f"off ({self.off}) is not after on ({self.on}); an interval does not cross "
-                "midnight: use two entries"
-            )
-        return self
+    relay: str
+    on: str
+    off: str
+    days: list[str] = Field(default_factory=_all_days)
 
 
 class BroadcastSchedule(_Section):
-    """A moment: play ``clip`` at ``at`` on ``days``."""
+    """A moment: play ``clip`` at ``at`` on ``days`` (judged like :class:`RelaySchedule`)."""
 
-    at: TimeOfDay
+    at: str
     clip: str = Field(min_length=1)
-    days: list[Weekday] = Field(default_factory=_all_days, min_length=1)
+    days: list[str] = Field(default_factory=_all_days)
     priority: Literal["scheduled", "announcement", "background"] = "scheduled"
     volume: int | None = Field(default=None, ge=0, le=100)
 
 
 class SchedulesSection(_Section):
-    """Clock and sun schedules for relays and broadcasts."""
+    """Clock and sun schedules for relays and broadcasts.
+
+    The rows are kept as written (tables, or the models): every rule about them, their
+    keys included, is :func:`gateway.schedule_rules.check_schedules`, run on the whole
+    configuration so ``check-config`` and ``schedule.set`` give the same verdicts.
+    """
 
     when_unsynced: Literal["run", "hold"] = "run"
     grace_s: float = Field(default=300, ge=0, le=3600)
-    relays: list[RelaySchedule] = Field(default_factory=list)
-    broadcasts: list[BroadcastSchedule] = Field(default_factory=list)
+    relays: list[Any] = Field(default_factory=list)
+    broadcasts: list[Any] = Field(default_factory=list)
 
 
 _QUIET_SPAN = r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$"
@@ -353,6 +348,8 @@ class HotspotConfig(_Section):
 
     host: str = Field(min_length=1)
     label: str = ""
+    ssid: str | None = Field(default=None, min_length=1, max_length=32)
+    """The open wifi network's name, printed with a wifi QR code on the notice-board sheet."""
     interval_s: float = Field(default=30, gt=0, le=3600)
     fail_threshold: int = Field(default=3, ge=1, le=100)
     recover_threshold: int = Field(default=2, ge=1, le=100)
@@ -541,17 +538,38 @@ class Settings(BaseSettings):
                 f"relays.{self.pa.amp_relay}.power_on: the amplifier relay (pa.amp_relay) "
                 f"must start off, not {amp.power_on!r}; the PA switches it on when it plays"
             )
-        for index, schedule in enumerate(self.schedules.relays):
-            if schedule.relay not in self.relays:
-                raise ValueError(
-                    f"schedules.relays.{index}.relay: names no relay: {schedule.relay!r} "
-                    f"(relays: {known})"
-                )
+        return self
+
+    @model_validator(mode="after")
+    def _schedules_follow_the_rules(self) -> Settings:
+        # The same rule function as schedule.set: check-config and the daemon's start-up
+        # can never accept what the command refuses, or the other way round.
+        where = self.gateway
+        sun = Sun(latitude=where.latitude, longitude=where.longitude, timezone=where.timezone)
+        verdict = check_schedules(
+            self.schedules.relays,
+            self.schedules.broadcasts,
+            sun=sun,
+            today=datetime.now(sun.tz).date(),
+            relay_names=set(self.relays),
+            relay_field="schedules.relays",
+            broadcast_field="schedules.broadcasts",
+        )
+        if verdict.problems:
+            raise SchedulesInvalidError(verdict.problems)
         return self
 
     def topic(self, *parts: str) -> str:
         """The topic ``P/ID/parts...`` of this gateway."""
         return "/".join((self.mqtt.topic_prefix, self.gateway.id, *parts))
+
+
+class SchedulesInvalidError(ValueError):
+    """Raised inside validation to carry every schedule problem out to :func:`_problems`."""
+
+    def __init__(self, problems: list[RuleProblem]) -> None:
+        super().__init__("; ".join(str(problem) for problem in problems))
+        self.problems = problems
 
 
 def flatten(data: object, prefix: str = "") -> dict[str, Any]:
@@ -590,6 +608,9 @@ def _problems(error: ValidationError) -> list[ConfigProblem]:
     """Every problem of a failed validation, in plain words (:mod:`gateway.configwords`)."""
     problems = []
     for item in error.errors(include_url=False):
+        if isinstance(found := item.get("ctx", {}).get("error"), SchedulesInvalidError):
+            problems += [ConfigProblem(p.where, p.message, p.reason) for p in found.problems]
+            continue
         key, message = plain_problem(Settings, item)
         if not key:
             # A check across sections has no field of its own: its message starts with

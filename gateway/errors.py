@@ -23,6 +23,8 @@ class ConfigProblem:
 
     key: str
     message: str
+    reason: str | None = None
+    """A stable reason code where the rule that failed has one (schedules: ``time_format``)."""
 
     def __str__(self) -> str:
         return f"{self.key}: {self.message}"

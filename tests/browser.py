@@ -37,6 +37,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PHONE: ViewportSize = {"width": 390, "height": 844}
+SMALL_PHONE: ViewportSize = {"width": 360, "height": 740}
 SCREENSHOTS = REPO / "build" / "screenshots"
 XSS_LABEL = "<img src=x onerror=alert(1)>"
 """A relay label that must render as text, never as an element."""
@@ -71,10 +72,10 @@ class PhonePage:
         return path
 
 
-def phone_page(browser: Browser, base_url: str) -> PhonePage:
-    """A fresh browser context (own cookies and localStorage) at 390x844."""
+def phone_page(browser: Browser, base_url: str, viewport: ViewportSize = PHONE) -> PhonePage:
+    """A fresh browser context (own cookies and localStorage) at 390x844 (or ``viewport``)."""
     context = browser.new_context(
-        viewport=PHONE,
+        viewport=viewport,
         device_scale_factor=2,
         is_mobile=True,
         has_touch=True,
@@ -146,7 +147,7 @@ class HotspotServer:
 CONFIG = """\
 [gateway]
 id = "test.webui"
-name = "Nhà văn hóa thôn Thử"
+name = "Nhà văn hóa thôn Đông Trung Thượng, xã Thử Nghiệm"
 groups = ["commune.test"]
 timezone = "Asia/Ho_Chi_Minh"
 latitude = 18.25
@@ -179,6 +180,7 @@ amp_warmup_s = 0
 [hotspots.hall]
 host = "127.0.0.1"
 label = "Wifi nhà văn hóa"
+ssid = "Wifi NVH;Thử"
 interval_s = 1
 fail_threshold = 2
 recover_threshold = 1
@@ -205,6 +207,7 @@ class WebRig:
     daemon: Daemon
     hotspot: HotspotServer
     state_dir: Path
+    workdir: Path
 
     @property
     def url(self) -> str:
@@ -220,6 +223,12 @@ class WebRig:
                     return str(line["code"])
             time.sleep(0.1)
         pytest.fail(f"no web.setup_code in the log:\n{self.daemon.output()}")
+
+
+VILLAGE = "Nhà văn hóa thôn Đông Trung Thượng, xã Thử Nghiệm"
+"""The rig's gateway.name: long enough to need two lines on a phone."""
+HOTSPOT_SSID = "Wifi NVH;Thử"
+"""The rig's hotspot ssid, with a character the WIFI: format must escape."""
 
 
 def start_rig(workdir: Path, broker: Broker) -> Iterator[WebRig]:
@@ -239,23 +248,40 @@ def start_rig(workdir: Path, broker: Broker) -> Iterator[WebRig]:
         ),
         encoding="utf-8",
     )
+    rig = WebRig(_spawn(workdir, web_port), hotspot, state_dir, workdir)
+    try:
+        rig.daemon.wait_healthy(within_s=30)
+        yield rig
+    finally:
+        terminate(rig.daemon.process)
+        hotspot.close()
+
+
+def _spawn(workdir: Path, web_port: int) -> Daemon:
+    """``village-gateway run`` with the rig's config, its output appended to daemon.log."""
     output_path = workdir / "daemon.log"
-    with output_path.open("w") as output:
+    with output_path.open("a") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            [sys.executable, "-m", "gateway", "run", "--config", str(workdir / "config.toml")],
             stdout=output,
             stderr=subprocess.STDOUT,
             env=clean_env(),
             text=True,
             cwd=workdir,
         )
-    daemon = Daemon(process, web_port, output_path)
-    try:
-        daemon.wait_healthy(within_s=30)
-        yield WebRig(daemon, hotspot, state_dir)
-    finally:
-        terminate(process)
-        hotspot.close()
+    return Daemon(process, web_port, output_path)
+
+
+def restart(rig: WebRig, *, power_cut: bool = False) -> None:
+    """Stop the daemon (SIGTERM, as systemd does; SIGKILL for a power cut: nothing gets
+    to run on the way out) and start it again on the same port and state folder; returns
+    once it is healthy."""
+    if power_cut:
+        rig.daemon.process.kill()
+        rig.daemon.process.wait()
+    terminate(rig.daemon.process)
+    rig.daemon = _spawn(rig.workdir, rig.daemon.web_port)
+    rig.daemon.wait_healthy(within_s=30)
 
 
 def wait_until(predicate: Callable[[], Any], within_s: float = 20.0, what: str = "") -> Any:

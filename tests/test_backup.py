@@ -128,6 +128,7 @@ def test_round_trip_onto_a_fresh_state_folder(
     assert made.returncode == 0, made.stderr
     names = names_in(archive)
     assert {MANIFEST, "config/config.toml", "state/web_password", "state/schedules.json"} <= names
+    assert "state/web_sessions.json" in names
     assert {"state/relays.json", "state/clips/tin-sang.wav"} <= names
     web_copy = tmp_path / "web.tar.gz"
     web_copy.write_bytes(download)
@@ -145,6 +146,7 @@ def test_round_trip_onto_a_fresh_state_folder(
 
     new = start_daemon("--config", str(fresh_config), web_port=config_file.web_port, env=env)
     new.wait_healthy()
+    assert browser.json("/api/v1/session")["authenticated"] is True  # the phone stays in
     browser = Browser(new.url)
     assert browser.login("wrong password") == 401
     assert browser.login(PASSWORD) == 200

@@ -176,7 +176,7 @@ def test_a_broadcast_of_a_missing_clip_warns_but_passes(
         pytest.param(
             {},
             '\n[[schedules.relays]]\nrelay = "yard"\non = "25:00"\noff = "23:00"\n',
-            "schedules.relays.0.on: must be a time HH:MM from 00:00 to 23:59",
+            "schedules.relays row 1, on: must be a time HH:MM from 00:00 to 23:59",
             id="time",
         ),
         pytest.param(

@@ -301,8 +301,9 @@ async def test_schedule_set_over_mqtt(
     broker: Broker, config_file: ConfigFile, start_daemon: Callable[..., Daemon]
 ) -> None:
     """`schedule.set` replaces the schedules (stored in state_dir/schedules.json); one for
-    an unknown relay, one whose off is not after its on, a bad time, or a bad or foreign
-    time zone is rejected as a whole and the stored schedules stay."""
+    an unknown relay, two overlapping rows of one relay, a bad time, or a bad or foreign
+    time zone is rejected as a whole, with the reason and the row counted from 1 in the
+    reply's `error.detail`, and the stored schedules stay."""
     daemon, gateway = daemon_on(broker, config_file, start_daemon, f"g-{uuid.uuid4().hex[:6]}")
     await wait_online(broker, gateway)
     good = '[{"relay": "yard", "on": "sunset+10m", "off": "22:30"}]'
@@ -313,14 +314,18 @@ async def test_schedule_set_over_mqtt(
     stored = json.loads((config_file.state_dir / "schedules.json").read_text())
     bad_inputs = {
         "unknown_target": '[{"relay": "moon", "on": "18:00", "off": "22:00"}]',
-        "bad_args": '[{"relay": "yard", "on": "22:00", "off": "18:00"}]',
+        "bad_args": '[{"relay": "yard", "on": "18:00", "off": "22:00"},'
+        ' {"relay": "yard", "on": "21:00", "off": "23:00"}]',
     }
+    reasons = {"unknown_target": ("unknown_relay", 1), "bad_args": ("overlap", 2)}
     for code, schedules in bad_inputs.items():
         result = await asyncio.to_thread(
             send, broker, "--gateway", gateway, "schedule.set", f"schedules={schedules}"
         )
         assert result.returncode == EXIT_NOT_DONE, result.stdout + result.stderr
-        assert json.loads(result.stdout)["error"]["code"] == code
+        error = json.loads(result.stdout)["error"]
+        assert error["code"] == code
+        assert (error["detail"]["reason"], error["detail"]["row"]) == reasons[code]
     bad_time = await asyncio.to_thread(
         send,
         broker,

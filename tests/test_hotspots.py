@@ -536,7 +536,10 @@ async def test_snapshot_shape_summary_and_probe_now(
     for _ in range(3):
         reply = await monitor.probe_now()
     assert set(reply["hotspots"]) == {"hall", "market", "school"}
-    assert reply["hotspots"]["market"]["probes"][0]["reason"] == "refused"
+    market = reply["hotspots"]["market"]
+    assert market["probes"][0]["reason"] == "refused"
+    assert market["probes"][0]["reason_code"] == "tcp_refused"
+    assert (market["reason_code"], market["reason_params"]) == ("tcp_refused", {"probe": "tcp"})
     assert monitor.summary().startswith("2/3 hotspots up")
     snapshot = state.snapshot("hotspots")
     assert snapshot is not None
@@ -548,6 +551,9 @@ async def test_snapshot_shape_summary_and_probe_now(
     assert hall["availability"] == {"1h": 100.0, "24h": 100.0}
     assert snapshot["hotspots"]["market"]["availability"]["1h"] == 0.0
     assert snapshot["uplink"]["state"] == "unknown"
+    assert snapshot["uplink"]["reason"] == "no uplink probes configured"
+    assert snapshot["uplink"]["reason_code"] == "no_uplink_probes"
+    assert (hall["reason"], hall["reason_code"], hall["reason_params"]) == (None, None, {})
 
 
 # -- windows ----------------------------------------------------------------------------
@@ -605,26 +611,28 @@ async def test_http_probe_checks_the_body(http_server: tuple[str, Script]) -> No
 
 
 @pytest.mark.parametrize(
-    ("case", "reason"),
+    ("case", "reason", "code"),
     [
-        ("accepts then hangs", "http: timeout"),
-        ("refuses", "tcp: refused"),
-        ("http 500", "http: http 500"),
-        ("wrong body", "http: wrong body"),
-        ("dns server mute", "dns: timeout"),
-        ("name does not resolve", "dns: nxdomain"),
+        ("accepts then hangs", "http: timeout", ("http_timeout", {"probe": "http"})),
+        ("refuses", "tcp: refused", ("tcp_refused", {"probe": "tcp"})),
+        ("http 500", "http: http 500", ("http_status", {"probe": "http", "status": 500})),
+        ("wrong body", "http: wrong body", ("http_body", {"probe": "http"})),
+        ("dns server mute", "dns: timeout", ("dns_timeout", {"probe": "dns"})),
+        ("name does not resolve", "dns: nxdomain", ("dns_nxdomain", {"probe": "dns"})),
     ],
 )
-async def test_each_bad_target_goes_down_once_with_its_reason(
+async def test_each_bad_target_goes_down_once_with_its_reason(  # noqa: PLR0917 - fixtures
     case: str,
     reason: str,
+    code: tuple[str, dict[str, Any]],
     hanging_port: int,
     http_server: tuple[str, Script],
     dns_server: Callable[[bool], Awaitable[str]],
 ) -> None:
     """Each fault of the issue, against a real loopback server, takes the hotspot down
     after exactly ``fail_threshold`` (3) cycles, with one event naming the reason, and
-    the snapshot keeps that reason."""
+    the snapshot keeps that reason; beside the text, event and snapshot carry the reason
+    code and its parameters a user interface words in its own language."""
     base, _ = http_server
     probes: dict[str, Any] = {
         "accepts then hangs": lambda: HttpProbe(
@@ -645,9 +653,12 @@ async def test_each_bad_target_goes_down_once_with_its_reason(
     assert [(e["previous"], e["state"], e["reason"]) for e in events] == [
         ("unknown", "down", reason)
     ]
+    assert (events[0]["reason_code"], events[0]["reason_params"]) == code
     snapshot = state.snapshot("hotspots")
     assert snapshot is not None
-    assert snapshot["hotspots"]["ap"]["reason"] == reason
+    ap = snapshot["hotspots"]["ap"]
+    assert ap["reason"] == reason
+    assert (ap["reason_code"], ap["reason_params"]) == code
 
 
 async def test_a_hotspot_flapping_every_cycle_through_the_monitor(

@@ -318,6 +318,10 @@ async def test_monitor_publishes_clients_and_survives_bad_answers(
             hall = _hall(state)
             assert (hall["state"], hall["clients"]) == ("up", None)
             assert hall["clients_reason"] == "malformed reply: not JSON"
+            assert (hall["clients_reason_code"], hall["clients_reason_params"]) == (
+                "clients_malformed",
+                {"detail": "not JSON"},
+            )
             ap.mode = "normal"
             ap.forget_sessions()
             await monitor.check("hall")

@@ -184,7 +184,7 @@ async def test_good_fetch_lands_in_the_store(server: ClipServer, store: ClipStor
     assert (info.name, info.format, info.sha256) == ("news", "mp3", sha(server.clip))
     assert info.duration_s == pytest.approx(3.0, abs=0.05)
     assert store.path("news").read_bytes() == server.clip
-    assert sorted(p.name for p in store.root.iterdir()) == ["index.json", "news.mp3"]
+    assert sorted(p.name for p in store.root.iterdir()) == ["index.json", "news.label", "news.mp3"]
     source = open_clip(store.path("news"), AudioFormat())
     assert source.read(1000)
     source.close()
@@ -237,7 +237,7 @@ async def test_failed_fetch_changes_nothing(
     assert time.monotonic() - started < 30  # nothing waits for a hung server's whole body
     assert store.info("news") == before
     assert store.path("news").read_bytes() == old
-    assert sorted(p.name for p in store.root.iterdir()) == ["index.json", "news.mp3"]
+    assert sorted(p.name for p in store.root.iterdir()) == ["index.json", "news.label", "news.mp3"]
 
 
 async def test_announced_oversize_is_refused_before_reading(
@@ -377,7 +377,7 @@ async def test_fetch_command_is_a_long_job_that_holds_up_nothing(
         fetch(fetch_args("slow", f"{server.base}/slow", server.clip), "mqtt"), 0.5
     )
     assert isinstance(job, LongJob)
-    assert job.accepted == {"name": "slow", "url": f"{server.base}/slow"}
+    assert job.accepted == {"name": "slow", "label": "slow", "url": f"{server.base}/slow"}
     work = asyncio.ensure_future(job.work)
     await asyncio.sleep(0.1)  # the download has started and waits for the server
 

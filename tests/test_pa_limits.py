@@ -171,7 +171,7 @@ async def test_the_store_refuses_them_and_keeps_the_old_clip(tmp_path: Path) -> 
         assert caught.value.key == code
         assert "news" in str(caught.value)
         assert store.info("news") == before
-        assert sorted(p.name for p in root.iterdir()) == ["index.json", "news.flac"]
+        assert sorted(p.name for p in root.iterdir()) == ["index.json", "news.flac", "news.label"]
 
 
 async def test_a_cancelled_upload_leaves_nothing(tmp_path: Path) -> None:

@@ -259,7 +259,8 @@ async def test_store_adds_checks_and_remembers_clips(tmp_path: Path) -> None:
     assert ClipStore(root).info("welcome") == info
     (root / "index.json").unlink()
     assert ClipStore(root).info("welcome") == info
-    assert sorted(p.name for p in root.iterdir()) == ["index.json", "welcome.mp3"]
+    assert info.label == "Welcome"
+    assert sorted(p.name for p in root.iterdir()) == ["index.json", "welcome.label", "welcome.mp3"]
 
 
 async def test_store_replaces_a_clip_in_another_format(tmp_path: Path) -> None:
@@ -309,7 +310,7 @@ async def test_store_refuses_bad_clips_and_loses_nothing(tmp_path: Path) -> None
     assert unknown.value.key == "unknown_target"
     assert store.info("news") == before
     assert store.path("news").read_bytes() == good
-    assert sorted(p.name for p in root.iterdir()) == ["index.json", "news.mp3"]
+    assert sorted(p.name for p in root.iterdir()) == ["index.json", "news.label", "news.mp3"]
 
 
 # --- live streams -------------------------------------------------------------------

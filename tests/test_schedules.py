@@ -1,10 +1,13 @@
-"""Schedules: sun times at Ha Tinh, desired relay states, broadcasts, clock jumps."""
+"""Schedules: sun times at Ha Tinh, desired relay states, broadcasts, clock jumps, the
+words a village head types, nights across midnight, and one rule for config and command."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterable, Mapping
+import unicodedata
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -14,10 +17,23 @@ from zoneinfo import ZoneInfo
 import astral.sun
 import pytest
 from astral import Observer
+from gpiozero.pins.mock import MockFactory
 from structlog.testing import capture_logs
 
+from gateway.cli import main as cli_main
+from gateway.commands import Dispatcher
 from gateway.component import Health
-from gateway.config import BroadcastSchedule, RelaySchedule, SchedulesSection
+from gateway.config import (
+    BroadcastSchedule,
+    RelayConfig,
+    RelaySchedule,
+    SchedulesSection,
+    load_settings,
+)
+from gateway.errors import ConfigError
+from gateway.events import EventHub
+from gateway.lighting.bank import RelayBank
+from gateway.lighting.handlers import Control
 from gateway.lighting.schedules import (
     ScheduleError,
     Scheduler,
@@ -28,6 +44,9 @@ from gateway.lighting.schedules import (
     next_change,
     resolve,
 )
+from gateway.outbox import Outbox
+from gateway.schedule_rules import WEEKDAYS, TimeFormatError, parse_time
+from gateway.state import StateStore
 
 LAT, LON, ZONE = 18.34, 105.9, "Asia/Ho_Chi_Minh"
 TZ = ZoneInfo(ZONE)
@@ -177,6 +196,7 @@ class TestSun:
             times.sunrise - timedelta(minutes=15)
         ).replace(microsecond=0)
         assert resolve("sunset", MONDAY, sun).utcoffset() == timedelta(hours=7)
+        assert resolve("hoàng hôn + 10 phút", MONDAY, sun) == resolve("sunset+10m", MONDAY, sun)
         with pytest.raises(ScheduleError):
             resolve("25:00", MONDAY, sun)
 
@@ -214,17 +234,29 @@ class TestDesiredStates:
         }
         assert desired_states([], moment, sun) == {}
 
-    def test_interval_empty_on_a_day_is_off_and_logged_once(self, sun: Sun) -> None:
-        """A porch light set from sunset to 18:00 works in December (sunset 17:25) but is
-        empty in June, when the sun sets at 18:35: that day the relay stays off, and the
-        log says so once rather than every second."""
-        porch = [RelaySchedule(relay="porch", on="sunset", off="18:00")]
-        june = date(2026, 6, 22)
-        with capture_logs() as logs:
-            assert desired_states(porch, at(june, 17, 59), sun) == {"porch": False}
-            assert desired_states(porch, at(june, 18, 40), sun) == {"porch": False}
-        assert len(events(logs, "schedule.empty")) == 1
-        assert desired_states(porch, at(MONDAY, 17, 50), sun) == {"porch": True}
+    def test_one_row_lights_the_night_across_midnight(self, sun: Sun) -> None:
+        """ "Bật lúc hoàng hôn, tắt lúc 05:00" is one row: the yard is on from Monday's
+        sunset (17:25:03) through midnight until 05:00 on Tuesday, off from then on. A
+        Sunday-only row still holds after Sunday's midnight (its interval started Sunday)
+        and does not start again on Monday evening."""
+        night = [RelaySchedule(relay="yard", on="hoàng hôn", off="05:00")]
+        tuesday = MONDAY + timedelta(days=1)
+        cases = [
+            (at(MONDAY, 17, 25, 2), False),
+            (at(MONDAY, 17, 25, 3), True),
+            (at(MONDAY, 23, 59, 59), True),
+            (at(tuesday, 0, 0), True),
+            (at(tuesday, 2, 0), True),
+            (at(tuesday, 4, 59, 59), True),
+            (at(tuesday, 5, 0), False),
+            (at(tuesday, 12, 0), False),
+        ]
+        for moment, expected in cases:
+            assert desired_states(night, moment, sun) == {"yard": expected}, moment
+        sundays = [RelaySchedule(relay="yard", on="sunset", off="05:00", days=["sun"])]
+        assert desired_states(sundays, at(MONDAY, 2, 0), sun) == {"yard": True}
+        assert desired_states(sundays, at(MONDAY, 19, 0), sun) == {"yard": False}
+        assert next_change(sundays, at(MONDAY, 2, 0), sun) == at(MONDAY, 5, 0)
 
 
 class TestNextChange:
@@ -407,10 +439,11 @@ class TestScheduler:
         assert restarted.snapshot()["source"] == "command"
 
     async def test_replace_rejects_invalid_input_as_a_whole(self, tmp_path: Path) -> None:
-        """A `schedule.set` with a bad time, an interval whose off is before its on, one from
-        sunset to sunrise (which would cross midnight) and a broadcast without a clip is
-        refused as a whole: the error names every problem by its place, and the schedules
-        in force and on disk are the old ones."""
+        """A `schedule.set` with a bad time, an offset of 999 minutes, a row whose order
+        flips during the year, two overlapping rows and a broadcast without a clip is
+        refused as a whole: every problem is named by its list, its row counted from 1
+        and a reason code, and the schedules in force and on disk are the old ones. A row
+        from sunset to sunrise is not a problem: it crosses midnight."""
         rig = rig_at(at(MONDAY, 19, 0), tmp_path)
         scheduler = rig.make(SchedulesSection(relays=[YARD]))
         await scheduler.replace([YARD], [NEWS])
@@ -419,16 +452,25 @@ class TestScheduler:
             await scheduler.replace(
                 [
                     {"relay": "street", "on": "25:00", "off": "22:30"},
-                    {"relay": "street", "on": "20:00", "off": "19:00"},
+                    {"relay": "street", "on": "hoàng hôn + 999 phút", "off": "22:30"},
+                    {"relay": "porch", "on": "sunset", "off": "18:00"},
                     {"relay": "yard", "on": "sunset", "off": "sunrise"},
-                    {"relay": "yard", "on": "sunset", "off": "22:00"},
+                    {"relay": "yard", "on": "04:00", "off": "05:00"},
                 ],
                 [{"at": "06:00"}],
             )
-        keys = [problem.key for problem in caught.value.problems]
-        assert keys == ["relays.0.on", "relays.1", "broadcasts.0.clip", "relays.2"]
+        found = [(p.field, p.row, p.key, p.reason) for p in caught.value.problems]
+        assert found == [
+            ("schedules", 1, "on", "time_format"),
+            ("schedules", 2, "on", "sun_offset_range"),
+            ("schedules", 3, "off", "order_varies"),
+            ("schedules", 5, None, "overlap"),
+            ("broadcasts", 1, "clip", "missing_key"),
+        ]
+        assert caught.value.problems[3].params["other_row"] == 4
         assert caught.value.key == "bad_args"
-        assert "not after on" in str(caught.value)
+        assert "row 1" in str(caught.value)
+        assert ".0" not in str(caught.value)
         assert scheduler.relays == [YARD]
         assert scheduler.broadcasts == [NEWS]
         assert (tmp_path / "schedules.json").read_text() == before
@@ -480,3 +522,336 @@ class TestScheduler:
         await scheduler.step()
         assert rig.applied == [{"yard": True}]
         assert scheduler.snapshot()["clock_synced"] is False
+
+
+class TestTimeWords:
+    @pytest.mark.parametrize(
+        ("written", "canonical"),
+        [
+            ("18:30", "18:30"),
+            ("6:05", "06:05"),
+            ("18h30", "18:30"),
+            ("sunset+10m", "sunset+10m"),
+            ("Sunset + 10 m", "sunset+10m"),
+            ("sunrise-15m", "sunrise-15m"),
+            ("hoàng hôn + 10 phút", "sunset+10m"),
+            ("Hoàng  Hôn+10 phút", "sunset+10m"),
+            ("bình minh-15 phút", "sunrise-15m"),
+            ("BÌNH MINH \u2212 1 giờ", "sunrise-60m"),  # a typographic minus
+            ("hoàng hôn", "sunset"),
+        ],
+    )
+    def test_english_and_vietnamese_words_in_nfc_and_nfd(
+        self, written: str, canonical: str
+    ) -> None:
+        """A village head types the time as they say it, in Vietnamese or in the English
+        tokens, with any spacing and case, on a phone that may send composed (NFC) or
+        decomposed (NFD) accents: each is read as the same time and stored in one form."""
+        for form in ("NFC", "NFD"):
+            assert parse_time(unicodedata.normalize(form, written)).canonical() == canonical
+
+    @pytest.mark.parametrize(
+        ("written", "reason"),
+        [
+            ("24:00", "time_format"),
+            ("12:60", "time_format"),
+            (r"^(?:[01]\d|2[0-3]):[0-5]\d$", "time_format"),
+            ("hoàng hôn + 999 phút", "sun_offset_range"),
+            ("sunset+181m", "sun_offset_range"),
+            ("tối", "time_format"),
+            ("", "time_format"),
+        ],
+    )
+    def test_bad_times_have_a_reason_and_no_pattern(self, written: str, reason: str) -> None:
+        """A time that cannot be read is refused with its reason code; the message tells
+        how to write one and never shows a regular expression."""
+        with pytest.raises(TimeFormatError) as caught:
+            parse_time(written)
+        assert caught.value.reason == reason
+        assert "(?:" not in str(caught.value)
+        assert "[0-5]" not in str(caught.value)
+
+
+class TestAcrossMidnight:
+    async def test_scheduler_switches_on_at_sunset_and_off_next_morning(
+        self, tmp_path: Path
+    ) -> None:
+        """With one row "on at hoàng hôn, off at 05:00", the running scheduler (on an
+        injected clock) switches the yard on at Monday's sunset, keeps it on through
+        midnight, and switches it off at 05:00 on Tuesday, waking exactly at each edge."""
+        rig = rig_at(at(MONDAY, 17, 0), tmp_path)
+        scheduler = rig.make(
+            SchedulesSection(relays=[RelaySchedule(relay="yard", on="hoàng hôn", off="05:00")])
+        )
+        await scheduler.step()
+        assert rig.applied == [{"yard": False}]
+        sunset = resolve("sunset", MONDAY, sun_here())
+        assert scheduler.snapshot()["next_change"] == sunset.isoformat()
+        rig.clock.advance((sunset - at(MONDAY, 17, 0)).total_seconds())
+        await scheduler.step()
+        assert rig.applied[-1] == {"yard": True}
+        tuesday = MONDAY + timedelta(days=1)
+        assert scheduler.snapshot()["next_change"] == at(tuesday, 5, 0).isoformat()
+        rig.clock.advance((at(tuesday, 0, 30) - sunset).total_seconds())
+        await scheduler.step()
+        assert rig.applied[-1] == {"yard": True}
+        assert len(rig.applied) == 2  # midnight is no edge
+        rig.clock.advance((at(tuesday, 5, 0) - at(tuesday, 0, 30)).total_seconds())
+        await scheduler.step()
+        assert rig.applied[-1] == {"yard": False}
+        assert scheduler.relays[0].on == "sunset"  # stored in the canonical form
+
+    def test_power_on_schedule_after_midnight_is_on(self, tmp_path: Path) -> None:
+        """The power comes back at 02:00 on Tuesday. The yard relay's power-on policy is
+        `schedule` and its one row lights it from sunset to 05:00: the pin is driven on
+        at once, before anything else runs, because 02:00 is inside Monday's interval."""
+        rig = rig_at(at(MONDAY + timedelta(days=1), 2, 0), tmp_path)
+        scheduler = rig.make(
+            SchedulesSection(relays=[RelaySchedule(relay="yard", on="sunset", off="05:00")])
+        )
+        factory = MockFactory()
+        bank = RelayBank(
+            {"yard": RelayConfig(pin=17, power_on="schedule")},
+            state_dir=tmp_path,
+            state=StateStore(),
+            on_event=lambda event: None,
+            pin_factory=factory,
+            expected_factory=None,
+        )
+        try:
+            bank.open(scheduler.desired_now())
+            assert bank.is_on("yard") is True
+            assert factory.pin(17).state is False  # active low: on is the low level
+        finally:
+            bank.close(shutdown=False)
+            factory.reset()
+
+
+def sun_here() -> Sun:
+    return Sun(latitude=LAT, longitude=LON, timezone=ZONE)
+
+
+CONFIG = """
+[gateway]
+id = "g-rules"
+state_dir = "{state_dir}"
+latitude = 18.34
+longitude = 105.9
+timezone = "Asia/Ho_Chi_Minh"
+
+[relays.yard]
+pin = 17
+power_on = "schedule"
+
+[relays.street]
+pin = 27
+
+[schedules]
+relays = [{rows}]
+"""
+
+
+def toml_rows(rows: list[Any]) -> str:
+    """Rows as TOML inline tables (JSON strings and lists are valid TOML)."""
+    tables = []
+    for row in rows:
+        if not isinstance(row, dict):
+            tables.append(json.dumps(row, ensure_ascii=False))
+            continue
+        pairs = ", ".join(
+            f"{key} = {json.dumps(value, ensure_ascii=False)}" for key, value in row.items()
+        )
+        tables.append(f"{{ {pairs} }}")
+    return ", ".join(tables)
+
+
+def write_config(path: Path, state_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text(CONFIG.format(state_dir=state_dir, rows=toml_rows(rows)), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Gateway:
+    """A Control (relay bank and scheduler) behind a real Dispatcher and outbox."""
+
+    control: Control
+    dispatcher: Dispatcher
+    state_dir: Path
+
+    async def schedule_set(self, args: dict[str, Any]) -> dict[str, Any]:
+        command = {"id": f"web-{uuid.uuid4().hex[:8]}", "type": "schedule.set", "args": args}
+        reply = await self.dispatcher.dispatch(command, "web")
+        return reply.as_dict()
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    """The gateway's command path for schedules, configured with a good night row."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    good = [{"relay": "yard", "on": "sunset+10m", "off": "22:30"}]
+    settings = load_settings(write_config(tmp_path / "gateway.toml", state_dir, good))
+    control = Control(settings, state=StateStore(), on_event=lambda event: None, demo=True)
+    outbox = await Outbox.open(state_dir / "outbox", commit_window_s=0.01)
+    dispatcher = Dispatcher(
+        state_dir=state_dir,
+        handlers=control.handlers(),
+        outbox=outbox,
+        events=EventHub(outbox, lambda event, seq: None),
+        clock_synced=lambda: True,
+    )
+    control.open(dispatcher.dispatch)
+    try:
+        yield Gateway(control, dispatcher, state_dir)
+    finally:
+        dispatcher.close()
+        control.close()
+        await outbox.close()
+
+
+NIGHT_ROW = {"relay": "yard", "on": "hoàng hôn", "off": "05:00"}
+REGEX = r"^([01]\d|2[0-3]):[0-5]\d$"
+
+
+@dataclass(frozen=True)
+class Bad:
+    """Rows with one mistake, and what the reply must say about it."""
+
+    what: str
+    rows: list[Any]
+    reason: str
+    row: int
+    key: str | None
+    code: str = "bad_args"
+
+
+BAD_ROWS = [
+    Bad("regex", [NIGHT_ROW, NIGHT_ROW | {"relay": "street", "on": REGEX}], "time_format", 2, "on"),
+    Bad("24:00", [NIGHT_ROW | {"on": "18:00", "off": "24:00"}], "time_format", 1, "off"),
+    Bad("offset", [NIGHT_ROW | {"on": "hoàng hôn + 999 phút"}], "sun_offset_range", 1, "on"),
+    Bad("relay", [NIGHT_ROW, NIGHT_ROW | {"relay": "moon"}], "unknown_relay", 2, "relay",
+        "unknown_target"),
+    Bad("days", [NIGHT_ROW | {"days": ["mon", "someday"]}], "days_format", 1, "days"),
+    Bad("no days", [NIGHT_ROW | {"days": []}], "days_format", 1, "days"),
+    Bad("overlap", [NIGHT_ROW, NIGHT_ROW | {"on": "04:00", "off": "06:00"}], "overlap", 2, None),
+    Bad("same", [NIGHT_ROW | {"on": "18:00", "off": "18:00"}], "empty_interval", 1, "off"),
+    Bad("flips", [NIGHT_ROW | {"on": "sunset", "off": "18:00"}], "order_varies", 1, "off"),
+    Bad("key", [NIGHT_ROW | {"colour": "red"}], "unknown_key", 1, "colour"),
+    Bad("missing", [{"relay": "yard", "on": "18:00"}], "missing_key", 1, "off"),
+    Bad("row", [NIGHT_ROW, "18:00-22:00"], "bad_row", 2, None),
+]  # fmt: skip
+
+
+class TestScheduleSetReplies:
+    @pytest.mark.parametrize("case", BAD_ROWS, ids=[case.what for case in BAD_ROWS])
+    async def test_bad_rows_are_rejected_with_reason_and_row(
+        self, gateway: Gateway, case: Bad
+    ) -> None:
+        """The phone sends schedules with one wrong row: the reply is `rejected` with the
+        protocol's code, a message that names the row counted from 1 (never a pattern,
+        never a 0-based index) and `error.detail` giving the reason, the list, the row and
+        the key so the page can mark it; the schedules in force and on disk stay."""
+        before = (
+            (gateway.state_dir / "schedules.json").read_bytes()
+            if (gateway.state_dir / "schedules.json").exists()
+            else None
+        )
+        in_force = gateway.control.scheduler.relays
+        reply = await gateway.schedule_set({"schedules": case.rows})
+        assert reply["status"] == "rejected"
+        error = reply["error"]
+        assert error["code"] == case.code
+        detail = error["detail"]
+        assert (detail["reason"], detail["field"]) == (case.reason, "schedules")
+        assert (detail["row"], detail.get("key")) == (case.row, case.key)
+        assert detail["problems"][0]["reason"] == case.reason
+        assert f"row {case.row}" in error["message"]
+        assert "(?:" not in error["message"]
+        assert "[0-5]" not in error["message"]
+        assert "schedules.0" not in error["message"]
+        assert "row 0" not in error["message"]
+        assert gateway.control.scheduler.relays == in_force
+        after = gateway.state_dir / "schedules.json"
+        assert (after.read_bytes() if after.exists() else None) == before
+
+    async def test_night_row_and_vietnamese_words_are_saved(self, gateway: Gateway) -> None:
+        """ "Bật lúc hoàng hôn, tắt lúc 05:00" and "bình minh - 15 phút" are accepted as
+        they are typed and stored in the canonical form the state shows."""
+        reply = await gateway.schedule_set(
+            {
+                "schedules": [
+                    {"relay": "yard", "on": "hoàng hôn", "off": "05:00"},
+                    {
+                        "relay": "street",
+                        "on": "04:45",
+                        "off": "bình minh - 15 phút",
+                        "days": ["T2", "CN"],
+                    },
+                ]
+            }
+        )
+        assert reply["status"] == "done", reply
+        stored = json.loads((gateway.state_dir / "schedules.json").read_text())
+        assert stored["relays"] == [
+            {"relay": "yard", "on": "sunset", "off": "05:00", "days": list(WEEKDAYS)},
+            {"relay": "street", "on": "04:45", "off": "sunrise-15m", "days": ["mon", "sun"]},
+        ]
+
+    async def test_foreign_timezone_has_its_reason(self, gateway: Gateway) -> None:
+        """Times meant in another zone are refused with `timezone_mismatch`."""
+        reply = await gateway.schedule_set({"schedules": [NIGHT_ROW], "timezone": "UTC"})
+        assert reply["error"]["detail"]["reason"] == "timezone_mismatch"
+
+
+class TestOneRuleForConfigAndCommand:
+    @pytest.mark.parametrize(
+        "rows",
+        [
+            [NIGHT_ROW],
+            [NIGHT_ROW | {"on": "sunset+10m", "off": "22:30"},
+             NIGHT_ROW | {"on": "04:45", "off": "bình minh-15 phút"}],
+            *[case.rows for case in BAD_ROWS],
+        ],
+    )  # fmt: skip
+    async def test_check_config_and_schedule_set_agree(
+        self, gateway: Gateway, tmp_path: Path, rows: list[dict[str, Any]]
+    ) -> None:
+        """The same rows, written in the configuration file and sent as `schedule.set`,
+        get the same verdict: both accepted, or both refused with the same reasons on the
+        same rows (the configuration names them `schedules.relays row N`)."""
+        path = write_config(tmp_path / "same.toml", gateway.state_dir, rows)
+        try:
+            load_settings(path)
+        except ConfigError as exc:
+            from_config = [(p.reason, p.key) for p in exc.problems]
+        else:
+            from_config = []
+        reply = await gateway.schedule_set({"schedules": rows})
+        if reply["status"] == "done":
+            from_command = []
+        else:
+            from_command = [
+                (
+                    p["reason"],
+                    f"schedules.relays row {p['row']}" + (f", {p['key']}" if "key" in p else ""),
+                )
+                for p in reply["error"]["detail"]["problems"]
+            ]
+        assert from_config == from_command
+
+    def test_check_config_prints_the_row_counted_from_one(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`village-gateway check-config` on a file whose second schedule row says
+        "hoàng hôn + 999 phút" exits 2 and names row 2 and the limit in words."""
+        rows = [
+            NIGHT_ROW | {"relay": "street"},
+            {"relay": "yard", "on": "hoàng hôn + 999 phút", "off": "22:00"},
+        ]
+        path = write_config(tmp_path / "bad.toml", tmp_path, rows)
+        assert cli_main(["check-config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert (
+            "schedules.relays row 2, on: an offset of 999 minutes from sunset; at most 180" in err
+        )
+        assert "relays.1" not in err

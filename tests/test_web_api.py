@@ -52,6 +52,7 @@ async def test_session_tells_the_page_what_to_draw(tmp_path: Path) -> None:
         assert response.status == 200
         assert await response.json() == {
             "authenticated": False,
+            "ended": None,
             "csrf": None,
             "setup_required": False,
             "public_status": False,

@@ -156,7 +156,7 @@ def test_overview_shows_link_clock_outbox_and_components(phone: PhonePage, rig: 
     """The overview says the gateway is online to the commune (the test broker runs),
     the clock state, the outbox depth and each component's health."""
     page = log_in(phone, rig)
-    expect(page.locator("#ov-link .tile-value")).to_have_text("Đang kết nối", timeout=LIVE_S)
+    expect(page.locator("#ov-link .tile-value")).to_have_text("Đã kết nối", timeout=LIVE_S)
     expect(page.locator("#ov-clock .tile-value")).to_have_text(
         re.compile("Đã đồng bộ|Chưa đồng bộ")
     )
@@ -187,17 +187,18 @@ def test_switching_a_light_changes_the_relay_and_every_open_page(
         # The rig's schedule lights the yard from sunset+10m to 22:30 (gateway time): in
         # that window the light starts on, and switching it off by hand comes first.
         expect(card).to_have_attribute("data-on", re.compile("^(true|false)$"))
+        reply = card.locator(".relay-reply")
         if card.get_attribute("data-on") == "true":
             card.locator(".relay-toggle").click()
-            expect(page.locator("#lights-reply")).to_have_text("Đã thực hiện")
+            expect(reply).to_have_text("Đã thực hiện")
         expect(card).to_have_attribute("data-on", "false")
         expect(seen).to_have_attribute("data-on", "false", timeout=LIVE_S)
 
         card.locator(".relay-toggle").click()
-        expect(page.locator("#lights-reply")).to_have_text("Đã thực hiện")
+        expect(reply).to_have_text("Đã thực hiện")
         expect(card).to_have_attribute("data-on", "true")
         expect(card.locator(".relay-state")).to_have_text("Đang bật")
-        expect(card.locator(".relay-mode")).to_have_text("Điều khiển tay")
+        expect(card.locator(".relay-mode")).to_have_text("Bật/tắt tay")
         expect(seen).to_have_attribute("data-on", "true", timeout=LIVE_S)
         expect(seen.locator(".relay-state")).to_have_text("Đang bật")
 
@@ -210,10 +211,11 @@ def test_switching_a_light_changes_the_relay_and_every_open_page(
         phone.shot("vi-lights")
 
         card.locator("input.minutes").fill("5")
+        expect(card.locator(".relay-for")).to_have_text("Bật tạm 5 phút")
         card.locator(".relay-for").click()
-        expect(page.locator("#lights-reply")).to_have_text("Đã thực hiện")
-        expect(card.locator(".relay-detail")).to_contain_text("đến ")
-        expect(seen.locator(".relay-detail")).to_contain_text("đến ", timeout=LIVE_S)
+        expect(reply).to_have_text("Đã thực hiện")
+        expect(card.locator(".relay-detail")).to_contain_text("tắt lúc ")
+        expect(seen.locator(".relay-detail")).to_contain_text("tắt lúc ", timeout=LIVE_S)
         # The retained state follows the change within its linger (the reply goes first).
         wait_until(
             lambda: retained_state(rig, broker, "relays")["relays"]["yard"]["until"] is not None,
@@ -221,7 +223,7 @@ def test_switching_a_light_changes_the_relay_and_every_open_page(
         )
 
         card.locator(".relay-auto").click()
-        expect(page.locator("#lights-reply")).to_have_text("Đã thực hiện")
+        expect(reply).to_have_text("Đã thực hiện")
         expect(card.locator(".relay-mode")).to_have_text("Theo lịch")
         expect(seen.locator(".relay-mode")).to_have_text("Theo lịch", timeout=LIVE_S)
         wait_until(
@@ -268,9 +270,9 @@ def test_playing_a_clip_shows_it_in_now_playing(phone: PhonePage, rig: WebRig) -
 
     page.locator("#pa-emergency").click()
     expect(page.locator("#confirm-dialog")).to_be_visible()
-    expect(page.locator("#confirm-text")).to_contain_text("test-tone")
+    expect(page.locator("#confirm-text")).to_contain_text("Âm thử loa")
     page.locator("#confirm-cancel").click()
-    expect(page.locator("#pa-reply")).to_have_text("Đã hủy phát khẩn cấp.")
+    expect(page.locator("#pa-emergency-reply")).to_have_text("Đã hủy phát khẩn cấp.")
 
     page.select_option("#pa-clip", "test-tone")
     page.select_option("#pa-priority", "announcement")
@@ -278,7 +280,7 @@ def test_playing_a_clip_shows_it_in_now_playing(phone: PhonePage, rig: WebRig) -
     page.click("#pa-play")
     expect(page.locator("#pa-reply")).to_have_text(re.compile("Đã thực hiện|Đã nhận"))
     expect(page.locator("#pa-now")).to_have_attribute("data-playing", "test-tone", timeout=LIVE_S)
-    expect(page.locator("#pa-now .now-clip")).to_have_text("test-tone")
+    expect(page.locator("#pa-now .now-clip")).to_have_text("Âm thử loa")
     phone.shot("vi-pa")
     page.click("#pa-stop-all")
     expect(page.locator("#pa-now")).not_to_have_attribute("data-playing", "test-tone")
@@ -299,7 +301,8 @@ def test_hotspot_going_down_shows_live_on_the_wifi_page(phone: PhonePage, rig: W
     rig.hotspot.stop()
     try:
         expect(card).to_have_attribute("data-state", "down", timeout=LIVE_S)
-        expect(card.locator(".badge")).to_have_text("Mất kết nối")
+        expect(card.locator(".badge")).to_have_text("Không hoạt động")
+        expect(card.locator(".facts")).to_contain_text("thiết bị từ chối kết nối")
         expect(card.locator("svg.chart rect.chart-down").first).to_be_attached()
         phone.shot("vi-wifi")
     finally:
@@ -319,7 +322,7 @@ def test_schedules_are_saved_as_one_command_with_validation_messages(
     go(page, "schedules")
     rows = page.locator("#sched-relays article.sched-row")
     expect(rows).to_have_count(1, timeout=LIVE_S)
-    expect(rows.first.locator("input[data-field=on]")).to_have_value("sunset+10m")
+    expect(rows.first.locator("input[data-field=on]")).to_have_value("hoàng hôn + 10 phút")
     rows.first.locator("input[data-field=off]").fill("25:99")
     page.click("#sched-save")
     reply = page.locator("#sched-reply")
@@ -354,35 +357,53 @@ def test_schedules_are_saved_as_one_command_with_validation_messages(
 
 
 def test_events_arrive_live_and_can_be_filtered(phone: PhonePage, rig: WebRig) -> None:
-    """The events page shows a command sent from another page as it happens, and the
-    filters narrow the list by kind and by text."""
+    """The events page shows a command sent from another page as it happens, as one
+    sentence per action ("Đèn sân bật — từ điện thoại — 19:02"): the switch, not also the
+    command that caused it. A refused command reads as a sentence with its reason. Log
+    lines stay behind their own filter; the filters narrow the list by kind and text."""
     page = log_in(phone, rig)
     go(page, "events")
     sent = page.evaluate(
         """async () => {
             const session = await (await fetch('/api/v1/session')).json();
-            const response = await fetch('/api/v1/commands', {
+            const send = async (id, args) => (await (await fetch('/api/v1/commands', {
                 method: 'POST',
                 headers: {'Content-Type': 'application/json', 'X-CSRF-Token': session.csrf},
-                body: JSON.stringify({id: 'ui-events-1', type: 'relay.set',
-                                      args: {relay: 'yard', on: true}}),
-            });
-            return (await response.json()).status;
+                body: JSON.stringify({id, type: 'relay.set', args}),
+            })).json()).status;
+            return [
+                await send('ui-events-0', {relay: 'yard', on: false}),
+                await send('ui-events-1', {relay: 'yard', on: true}),
+                await send('ui-events-2', {relay: 'nope', on: true}),
+            ];
         }"""
     )
-    assert sent == "done"
-    commands = page.locator("#ev-list li[data-category=command]", has_text="relay.set")
-    expect(commands.first).to_be_visible(timeout=LIVE_S)
-    switched = page.locator("#ev-list li[data-type='relay.switched']")
+    assert sent == ["done", "done", "rejected"]
+    items = page.locator("#ev-list li.ev")
+    switched = items.filter(has_text=re.compile(r"^Đèn sân bật — từ điện thoại — \d\d:\d\d$"))
     expect(switched.first).to_be_visible(timeout=LIVE_S)
+    expect(switched.first).to_have_attribute("data-type", "relay.switched")
+    refused = items.filter(has_text="Bật/tắt đèn: bị từ chối — ")
+    expect(refused.first).to_be_visible(timeout=LIVE_S)
+    expect(refused.first).to_contain_text("Không tìm thấy thứ được chọn")
+    expect(refused.first).to_contain_text("— từ điện thoại — ")
+    # One line per tap: the successful relay.set is not listed beside its switch.
+    expect(items.filter(has_text="Bật/tắt đèn: đã thực hiện")).to_have_count(0)
+    expect(page.locator("#ev-list li[data-category=log]")).to_have_count(0)
+    for text in page.locator("#ev-list li.ev").all_inner_texts():
+        assert "=" not in text, text
+        assert "relay.set" not in text, text
 
+    page.select_option("#ev-kind", "log")
+    expect(page.locator("#ev-list li[data-category=log]").first).to_be_visible(timeout=LIVE_S)
     page.select_option("#ev-kind", "relay")
     expect(page.locator("#ev-list li[data-category=command]")).to_have_count(0)
     expect(switched.first).to_be_visible()
     page.select_option("#ev-kind", "command")
     page.fill("#ev-text", "ui-events-1")
-    expect(page.locator("#ev-list li.ev")).to_have_count(1)
-    expect(page.locator("#ev-list li.ev").first).to_have_attribute("data-category", "command")
+    expect(items).to_have_count(1)
+    expect(items.first).to_have_attribute("data-category", "command")
+    expect(items.first).to_contain_text("Bật/tắt đèn: đã thực hiện — từ điện thoại")
     page.select_option("#ev-kind", "")
     page.fill("#ev-text", "")
     phone.shot("vi-events")
@@ -408,7 +429,7 @@ def test_english_switch_is_remembered(phone: PhonePage, rig: WebRig) -> None:
     )
     page.reload()
     expect(page.locator("#tabs a[data-page=lights]")).to_have_text("Lights and power")
-    expect(page.locator("#conn")).to_have_text("Live", timeout=LIVE_S)
+    expect(page.locator("#conn")).to_have_text("Connected", timeout=LIVE_S)
     page.click("#lang-switch")
     expect(page.locator("#tabs a[data-page=lights]")).to_have_text("Đèn và điện")
     assert page.evaluate("localStorage.getItem('vg.lang')") == "vi"
@@ -509,7 +530,7 @@ def test_page_reconnects_by_itself_and_says_so(phone: PhonePage, rig: WebRig) ->
     finally:
         page.context.set_offline(False)
     expect(conn).to_have_attribute("data-state", "live", timeout=LIVE_S)
-    card = page.locator("article[data-relay=amplifier]")
+    card = page.locator("article[data-relay=road]")
     was_on = card.get_attribute("data-on") == "true"
     card.locator(".relay-toggle").click()
     expect(card).to_have_attribute("data-on", "false" if was_on else "true", timeout=LIVE_S)
@@ -537,11 +558,11 @@ def test_uploading_a_clip_adds_it_to_the_library(
     text file named .mp3 is refused with the server's reason and is not listed."""
     page = log_in(phone, rig)
     go(page, "pa")
-    form = page.locator("#pa-upload-form")
+    reply = page.locator("#pa-upload-reply")
     page.fill("#pa-upload-name", "hop-thon")
     page.set_input_files("#pa-upload-file", str(_wav(tmp_path / "hop.wav")))
     page.click("#pa-upload")
-    expect(form.locator(".reply")).to_have_text("Đã lưu bản tin «hop-thon».", timeout=LIVE_S)
+    expect(reply).to_have_text("Đã lưu bản tin «hop-thon».", timeout=LIVE_S)
     expect(page.locator("#pa-clips li[data-clip=hop-thon]")).to_be_visible()
     expect(page.locator("#pa-clip option[value=hop-thon]")).to_have_count(1)
 
@@ -550,7 +571,8 @@ def test_uploading_a_clip_adds_it_to_the_library(
     page.fill("#pa-upload-name", "fake")
     page.set_input_files("#pa-upload-file", str(fake))
     page.click("#pa-upload")
-    expect(form.locator(".reply")).to_have_attribute("data-status", "error", timeout=LIVE_S)
+    expect(reply).to_have_attribute("data-status", "error", timeout=LIVE_S)
+    expect(reply).to_have_text("Tệp không phải âm thanh đọc được (dùng WAV, MP3, OGG hoặc FLAC)")
     expect(page.locator("#pa-clips li[data-clip=fake]")).to_have_count(0)
 
 
@@ -594,20 +616,20 @@ def test_the_page_works_with_the_broker_down(phone: PhonePage, rig: WebRig, brok
     """With the commune's broker gone the overview turns "offline" by itself, and a light
     still switches at once: actions run on the gateway, the outbox keeps the events."""
     page = log_in(phone, rig)
-    expect(page.locator("#ov-link .tile-value")).to_have_text("Đang kết nối", timeout=LIVE_S)
+    expect(page.locator("#ov-link .tile-value")).to_have_text("Đã kết nối", timeout=LIVE_S)
     broker.stop()
     try:
         expect(page.locator("#ov-link .tile-value")).to_have_text("Mất kết nối", timeout=60_000)
         expect(page.locator("#ov-link")).to_have_attribute("data-tone", "bad")
         phone.shot("vi-overview-offline")
         go(page, "lights")
-        card = page.locator("article[data-relay=amplifier]")
+        card = page.locator("article[data-relay=road]")
         was_on = card.get_attribute("data-on") == "true"
         card.locator(".relay-toggle").click()
-        expect(page.locator("#lights-reply")).to_have_text("Đã thực hiện")
+        expect(card.locator(".relay-reply")).to_have_text("Đã thực hiện")
         expect(card).to_have_attribute("data-on", "false" if was_on else "true")
         go(page, "overview")
         expect(page.locator("#ov-outbox .tile-value")).not_to_have_text("0 bản ghi", timeout=60_000)
     finally:
         broker.start()
-    expect(page.locator("#ov-link .tile-value")).to_have_text("Đang kết nối", timeout=60_000)
+    expect(page.locator("#ov-link .tile-value")).to_have_text("Đã kết nối", timeout=60_000)

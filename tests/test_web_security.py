@@ -65,9 +65,10 @@ async def test_every_route_not_on_the_allowlist_needs_a_session(tmp_path: Path) 
             pattern = resource.canonical
             if pattern in ALLOWLIST:
                 continue
+            path = re.sub(r"\{[^}]+\}", "x", pattern)  # a value for each placeholder
             for route in resource:
                 response = await rig.client.request(
-                    route.method, pattern, headers={"Origin": rig.origin}
+                    route.method, path, headers={"Origin": rig.origin}
                 )
                 assert response.status == 401, f"{route.method} {pattern}"
                 if route.method != "HEAD":

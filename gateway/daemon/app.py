@@ -215,7 +215,14 @@ class App:
             self._uploader.attach(outbox)
         events = EventHub(outbox, feed=self.web.event)
         control = Control(settings, state=self.state, on_event=events.emit, demo=self._demo)
-        pa = PublicAddress(settings, state=self.state, on_event=events.emit, relays=control.relays)
+        scheduler = control.scheduler
+        pa = PublicAddress(
+            settings,
+            state=self.state,
+            on_event=events.emit,
+            relays=control.relays,
+            clip_users=lambda: {broadcast.clip for broadcast in scheduler.broadcasts},
+        )
         hotspots = HotspotMonitor(
             settings.hotspots, settings.uplink, state=self.state, on_event=events.emit
         )

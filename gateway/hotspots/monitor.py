@@ -40,6 +40,7 @@ from gateway.hotspots.probes import (
     new_http_session,
     run_probe,
 )
+from gateway.hotspots.reasons import clients_reason_code, reason_code
 from gateway.hotspots.ubus import ClientCount, UbusClient
 from gateway.hotspots.windows import RollingWindows
 from gateway.log import get_logger
@@ -221,6 +222,7 @@ class HotspotMonitor(Component):
         now = self._clock()
         uplink = self._view(self._uplink, now)
         del uplink["label"], uplink["clients"], uplink["clients_reason"]
+        del uplink["clients_reason_code"], uplink["clients_reason_params"]
         return {
             "uplink": uplink,
             "hotspots": {name: self._view(t, now) for name, t in self._hotspots.items()},
@@ -360,6 +362,7 @@ class HotspotMonitor(Component):
             "state": transition.state,
             "previous": transition.previous,
             "reason": transition.reason,
+            **(_coded(transition.reason) if transition.reason is not None else {}),
             "flaps": target.health.flaps,
             "outages": target.health.outages,
         }
@@ -388,10 +391,12 @@ class HotspotMonitor(Component):
             "state": target.health.state,
             "since": target.since,
             "reason": target.health.reason,
+            **_coded(target.health.reason),
             "rtt_ms": target.windows.rtt_ms(now),
             "loss_pct": target.windows.loss_pct(now),
             "clients": target.clients.clients if target.clients is not None else None,
             "clients_reason": target.clients.reason if target.clients is not None else None,
+            **_clients_coded(target.clients.reason if target.clients is not None else None),
             "availability": target.windows.availability(now),
             "label": target.label,
             "flaps": target.health.flaps,
@@ -404,8 +409,21 @@ class HotspotMonitor(Component):
         return {
             "state": target.health.state,
             "reason": target.health.reason,
+            **_coded(target.health.reason),
             "probes": [result.as_dict() for result in target.last],
         }
+
+
+def _coded(reason: str | None) -> dict[str, Any]:
+    """``reason_code`` and ``reason_params`` to put beside a ``reason`` text."""
+    code, params = reason_code(reason)
+    return {"reason_code": code, "reason_params": params}
+
+
+def _clients_coded(reason: str | None) -> dict[str, Any]:
+    """``clients_reason_code`` and ``clients_reason_params`` beside ``clients_reason``."""
+    code, params = clients_reason_code(reason)
+    return {"clients_reason_code": code, "clients_reason_params": params}
 
 
 def _figures(target: _Target, now: float) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import aiohttp
 import icmplib  # type: ignore[import-untyped]
 
 from gateway.config import DnsProbe, HttpProbe, IcmpProbe, TcpProbe
+from gateway.hotspots.reasons import probe_reason_code
 
 __all__ = [
     "ICMP_COUNT",
@@ -83,10 +84,14 @@ class ProbeResult:
     """``"icmp"`` when this TCP probe replaced a ping that is not permitted."""
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form used in snapshots and in the ``hotspots.probe`` reply."""
+        """The JSON form used in snapshots and in the ``hotspots.probe`` reply; a failure
+        carries ``reason_code`` and ``reason_params`` beside its ``reason``."""
         data = asdict(self)
         del data["rtts_ms"]
-        return {key: _round(value) for key, value in data.items() if value is not None}
+        out = {key: _round(value) for key, value in data.items() if value is not None}
+        if self.reason is not None:
+            out["reason_code"], out["reason_params"] = probe_reason_code(self.kind, self.reason)
+        return out
 
 
 def _round(value: object) -> object:

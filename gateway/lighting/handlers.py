@@ -123,12 +123,30 @@ class Control:
             raise CommandError(
                 "bad_args",
                 f"schedules are in the gateway's time zone {self._timezone}, not {args.timezone}",
+                detail={
+                    "reason": "timezone_mismatch",
+                    "field": "timezone",
+                    "timezone": self._timezone,
+                },
             )
-        unknown = sorted({s.relay for s in args.schedules} - self._relay_names)
-        if unknown:
-            raise CommandError("unknown_target", f"no relay named {', '.join(unknown)}")
         try:
-            await self.scheduler.replace(args.schedules, args.broadcasts)
+            await self.scheduler.replace(
+                args.schedules, args.broadcasts, relay_names=self._relay_names
+            )
         except ScheduleError as exc:
-            raise CommandError("bad_args", str(exc)) from exc
+            raise _refusal(exc) from exc
         return {"relays": len(args.schedules), "broadcasts": len(args.broadcasts)}
+
+
+def _refusal(error: ScheduleError) -> CommandError:
+    """The reply to refused schedules: the first problem's detail, and every problem.
+
+    The code stays PROTOCOL.md's: ``unknown_target`` when the first problem is a relay
+    that does not exist, ``bad_args`` otherwise; ``detail.problems`` lists them all so a
+    user interface can mark every wrong row at once.
+    """
+    first = error.problems[0]
+    code = "unknown_target" if first.reason == "unknown_relay" else "bad_args"
+    detail = first.detail()
+    detail["problems"] = [problem.detail() for problem in error.problems]
+    return CommandError(code, str(error), detail=detail)

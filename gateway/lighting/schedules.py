@@ -1,8 +1,11 @@
 """Schedules: relays follow intervals of desired state, broadcasts are moments.
 
-A relay schedule says "on from ``sunset+10m`` to ``22:30``"; at any instant the desired
-state of every scheduled relay can be computed from the clock alone, so after a boot, a
-power cut or a clock jump a relay simply takes the state the schedule gives for *now*.
+A relay schedule says "on from ``sunset+10m`` to ``22:30``" (or "from ``hoàng hôn`` to
+``05:00``": an ``off`` before ``on`` ends the next morning, so one row lights the night);
+at any instant the desired state of every scheduled relay can be computed from the clock
+alone, so after a boot, a power cut or a clock jump a relay simply takes the state the
+schedule gives for *now*, also after midnight inside yesterday's interval. What a valid
+schedule is lives in :mod:`gateway.schedule_rules`, shared with the configuration.
 A broadcast schedule is a moment ("06:00 on weekdays"); one missed by less than
 ``schedules.grace_s`` plays late, an older one is skipped and logged.
 
@@ -11,34 +14,40 @@ The Pi has no real-time clock: it boots on a stale clock and jumps when NTP sync
 at once when they disagree, and keeps a high-water mark per broadcast on disk so that a
 backwards jump (or a restart) never plays the same moment twice.
 
-Sun times come from astral at the gateway's coordinates, in the gateway's time zone: with
-astral's default (UTC) the dates shift and sunrise comes out after sunset in Vietnam, so
-:class:`Sun` checks that sunrise is before sunset and refuses otherwise.
+Sun times come from astral at the gateway's coordinates, in the gateway's time zone (see
+:class:`~gateway.schedule_rules.Sun`, which refuses astral's UTC trap).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
+from typing import Any
 
-import astral.sun
-from astral import Observer
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from gateway.component import Component, Health
 from gateway.config import BroadcastSchedule, RelaySchedule, SchedulesSection
-from gateway.errors import ConfigProblem, GatewayError
+from gateway.errors import GatewayError
 from gateway.files import write_atomic
 from gateway.log import get_logger
+from gateway.schedule_rules import (
+    RuleProblem,
+    Sun,
+    SunError,
+    SunTimes,
+    TimeFormatError,
+    TimeOfDay,
+    check_schedules,
+    parse_time,
+)
 
 __all__ = [
     "Due",
@@ -56,8 +65,6 @@ __all__ = [
 _log = get_logger("schedules")
 
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_EXPR = re.compile(r"^(?:(?P<h>[01]\d|2[0-3]):(?P<m>[0-5]\d)|(?P<sun>sunrise|sunset)"
-                   r"(?:(?P<sign>[+-])(?P<off>\d{1,3})m)?)$")  # fmt: skip
 HORIZON_DAYS = 8
 """How far :func:`next_change` looks ahead, and how far back a forward jump is examined."""
 ON_TIME_S = 2.0
@@ -73,81 +80,25 @@ class ScheduleError(GatewayError, ValueError):
 
     key = "bad_args"
 
-    def __init__(self, problems: list[ConfigProblem]) -> None:
+    def __init__(self, problems: list[RuleProblem]) -> None:
         self.problems = problems
         lines = [f"invalid schedules ({len(problems)} problem(s)):"]
         lines += [f"  - {problem}" for problem in problems]
         super().__init__("\n".join(lines))
 
 
-class SunError(GatewayError, ValueError):
-    """Sun times at this place and date are missing or implausible (sunrise after sunset)."""
-
-    key = "schedules.sun"
-
-
-@dataclass(frozen=True, slots=True)
-class SunTimes:
-    """Sunrise and sunset of one local day, aware, in the gateway's time zone."""
-
-    sunrise: datetime
-    sunset: datetime
-
-
-class Sun:
-    """Sunrise and sunset at one place, computed by astral in the place's own time zone."""
-
-    __slots__ = ("_cache", "_observer", "tz")
-
-    def __init__(self, *, latitude: float, longitude: float, timezone: str | tzinfo) -> None:
-        self.tz: tzinfo = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
-        self._observer = Observer(latitude=latitude, longitude=longitude)
-        self._cache: dict[date, SunTimes] = {}
-
-    def times(self, day: date) -> SunTimes:
-        """Sunrise and sunset of the local ``day``; raises :class:`SunError` if implausible."""
-        cached = self._cache.get(day)
-        if cached is not None:
-            return cached
-        where = f"({self._observer.latitude}, {self._observer.longitude}) on {day}"
-        try:
-            # The tz must be passed: astral's default is UTC, which shifts the day.
-            found = astral.sun.sun(self._observer, date=day, tzinfo=self.tz)
-        except ValueError as exc:
-            raise SunError(f"no sunrise or sunset at {where}: {exc}") from None
-        times = SunTimes(sunrise=found["sunrise"], sunset=found["sunset"])
-        if not times.sunrise < times.sunset:
-            _log.error(
-                "sun.implausible",
-                day=day.isoformat(),
-                sunrise=times.sunrise.isoformat(),
-                sunset=times.sunset.isoformat(),
-                tz=str(self.tz),
-            )
-            raise SunError(
-                f"sunrise {times.sunrise.isoformat()} is not before sunset "
-                f"{times.sunset.isoformat()} at {where} in time zone {self.tz}; "
-                "is the time zone right?"
-            )
-        if len(self._cache) >= 64:
-            self._cache.clear()
-        self._cache[day] = times
-        return times
+@functools.lru_cache(maxsize=512)
+def _parsed(expr: str) -> TimeOfDay:
+    return parse_time(expr)
 
 
 def resolve(expr: str, day: date, sun: Sun) -> datetime:
-    """The instant ``expr`` ("HH:MM", "sunset+10m", "sunrise-15m") names on the local ``day``."""
-    match = _EXPR.fullmatch(expr)
-    if match is None:
-        raise ScheduleError([ConfigProblem(repr(expr), "not a time of day")])
-    if match["h"] is not None:
-        return datetime(
-            day.year, day.month, day.day, int(match["h"]), int(match["m"]), tzinfo=sun.tz
-        )
-    times = sun.times(day)
-    base = times.sunrise if match["sun"] == "sunrise" else times.sunset
-    minutes = int(match["off"] or 0) * (-1 if match["sign"] == "-" else 1)
-    return (base + timedelta(minutes=minutes)).replace(microsecond=0)
+    """The instant ``expr`` ("HH:MM", "sunset+10m", "hoàng hôn + 10 phút") names on the
+    local ``day``."""
+    try:
+        return _parsed(expr).resolve(day, sun)
+    except TimeFormatError as exc:
+        raise ScheduleError([RuleProblem(exc.reason, "time", None, None, str(exc))]) from None
 
 
 class _Once:
@@ -167,9 +118,6 @@ class _Once:
         return True
 
 
-_empty_logged = _Once()
-
-
 def _weekday(day: date) -> str:
     return _WEEKDAYS[day.weekday()]
 
@@ -177,24 +125,15 @@ def _weekday(day: date) -> str:
 def _intervals(
     schedules: Sequence[RelaySchedule], day: date, sun: Sun
 ) -> list[tuple[str, datetime, datetime]]:
-    """The non-empty ``[on, off)`` intervals of ``day``, as (relay, on, off)."""
+    """The ``[on, off)`` intervals that start on ``day``, as (relay, on, off); an off
+    that is not after its on is the next morning's (the interval crosses midnight)."""
     found = []
     for schedule in schedules:
         if _weekday(day) not in schedule.days:
             continue
         on, off = resolve(schedule.on, day, sun), resolve(schedule.off, day, sun)
         if off <= on:
-            if _empty_logged.first((schedule.relay, schedule.on, schedule.off, day)):
-                _log.warning(
-                    "schedule.empty",
-                    relay=schedule.relay,
-                    on=schedule.on,
-                    off=schedule.off,
-                    day=day.isoformat(),
-                    resolved_on=on.isoformat(),
-                    resolved_off=off.isoformat(),
-                )
-            continue
+            off = resolve(schedule.off, day + timedelta(days=1), sun)
         found.append((schedule.relay, on, off))
     return found
 
@@ -217,9 +156,10 @@ def desired_states(
     if relay_names is not None:
         names &= set(relay_names)
     desired = dict.fromkeys(sorted(names), False)
-    for relay, on, off in _intervals(schedules, local.date(), sun):
-        if relay in desired and on <= local < off:
-            desired[relay] = True
+    for start in (local.date() - timedelta(days=1), local.date()):  # yesterday's may run on
+        for relay, on, off in _intervals(schedules, start, sun):
+            if relay in desired and on <= local < off:
+                desired[relay] = True
     return desired
 
 
@@ -232,7 +172,7 @@ def next_change(schedules: Sequence[RelaySchedule], after: datetime, sun: Sun) -
     local = _local(after, sun)
     spans: dict[str, list[tuple[datetime, datetime]]] = {}
     edges: set[datetime] = set()
-    for offset in range(HORIZON_DAYS + 1):
+    for offset in range(-1, HORIZON_DAYS + 1):
         for relay, on, off in _intervals(schedules, local.date() + timedelta(days=offset), sun):
             spans.setdefault(relay, []).append((on, off))
             edges.update(edge for edge in (on, off) if edge > local)
@@ -294,39 +234,6 @@ def due_broadcasts(
     return sorted(due, key=lambda item: item.at)
 
 
-_Model = TypeVar("_Model", bound=BaseModel)
-
-
-def _validate_list(
-    model: type[_Model], items: Sequence[_Model | Mapping[str, Any]], where: str
-) -> tuple[list[tuple[int, _Model]], list[ConfigProblem]]:
-    """Validate every item; return the valid ones with their index, and every problem."""
-    valid: list[tuple[int, _Model]] = []
-    problems = []
-    for index, item in enumerate(items):
-        try:
-            valid.append((index, item if isinstance(item, model) else model.model_validate(item)))
-        except ValidationError as exc:
-            for error in exc.errors(include_url=False):
-                key = ".".join([where, str(index), *(str(part) for part in error["loc"])])
-                message = error["msg"].removeprefix("Value error, ")
-                if error["type"] == "extra_forbidden":
-                    message = "unknown key"
-                elif error["type"] not in {"value_error", "missing"}:
-                    message += f" (got {error['input']!r})"
-                problems.append(ConfigProblem(key, message))
-    return valid, problems
-
-
-def _never_on(schedule: RelaySchedule, sun: Sun, today: date) -> bool:
-    """True when the interval is empty on every day of the coming year (e.g. sunset→sunrise)."""
-    for offset in range(0, 366, 7):
-        day = today + timedelta(days=offset)
-        if resolve(schedule.off, day, sun) > resolve(schedule.on, day, sun):
-            return False
-    return True
-
-
 def _write_json_atomic(path: Path, data: object) -> None:
     """Replace ``path`` with ``data`` as JSON so a power cut leaves the old or the new file."""
     write_atomic(path, json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True))
@@ -374,8 +281,9 @@ class Scheduler(Component):
         self._monotonic = monotonic
         self._tick_s = tick_s
         self._wake = asyncio.Event()
-        self._relays: list[RelaySchedule] = list(section.relays)
-        self._broadcasts: list[BroadcastSchedule] = list(section.broadcasts)
+        # The configuration was judged by the same rules; this puts it in canonical form
+        # (and refuses a section built without load_settings that breaks them).
+        self._relays, self._broadcasts = self.validate(section.relays, section.broadcasts)
         self._source = "config"
         self._load_schedules()
         self._played: dict[str, datetime] = self._load_played()
@@ -403,19 +311,12 @@ class Scheduler(Component):
                 "schedules.load_failed", path=str(self._schedules_path), error="not an object"
             )
             return
-        relays, problems = _validate_list(RelaySchedule, raw.get("relays", []), "relays")
-        broadcasts, more = _validate_list(
-            BroadcastSchedule, raw.get("broadcasts", []), "broadcasts"
-        )
-        if problems or more:
-            _log.error(
-                "schedules.load_failed",
-                path=str(self._schedules_path),
-                error=str(ScheduleError(problems + more)),
-            )
+        try:
+            relays, broadcasts = self.validate(raw.get("relays", []), raw.get("broadcasts", []))
+        except ScheduleError as exc:
+            _log.error("schedules.load_failed", path=str(self._schedules_path), error=str(exc))
             return
-        self._relays = [item for _, item in relays]
-        self._broadcasts = [item for _, item in broadcasts]
+        self._relays, self._broadcasts = relays, broadcasts
         self._source = "command"
 
     def _load_played(self) -> dict[str, datetime]:
@@ -467,35 +368,43 @@ class Scheduler(Component):
         self,
         relays: Sequence[RelaySchedule | Mapping[str, Any]],
         broadcasts: Sequence[BroadcastSchedule | Mapping[str, Any]],
+        *,
+        relay_names: Collection[str] | None = None,
     ) -> tuple[list[RelaySchedule], list[BroadcastSchedule]]:
-        """Check a whole new set of schedules; raise :class:`ScheduleError` listing all problems."""
-        valid_relays, problems = _validate_list(RelaySchedule, relays, "relays")
-        valid_broadcasts, more = _validate_list(BroadcastSchedule, broadcasts, "broadcasts")
-        problems += more
-        today = self.now().date()
-        for index, schedule in valid_relays:
-            if _never_on(schedule, self._sun, today):
-                problems.append(
-                    ConfigProblem(
-                        f"relays.{index}",
-                        f"off ({schedule.off}) is never after on ({schedule.on}) here; an "
-                        "interval does not cross midnight: use two entries",
-                    )
-                )
-        if problems:
-            raise ScheduleError(problems)
-        return [item for _, item in valid_relays], [item for _, item in valid_broadcasts]
+        """Check a whole new set of schedules by :func:`~gateway.schedule_rules.check_schedules`
+        (the configuration's rules too) and return it in canonical form; raise
+        :class:`ScheduleError` listing every problem. ``relay_names``: the relays there are."""
+        verdict = check_schedules(
+            relays, broadcasts, sun=self._sun, today=self.now().date(), relay_names=relay_names
+        )
+        if verdict.problems:
+            raise ScheduleError(verdict.problems)
+        try:
+            return (
+                [RelaySchedule.model_validate(row) for row in verdict.relays],
+                [BroadcastSchedule.model_validate(row) for row in verdict.broadcasts],
+            )
+        except ValidationError as exc:  # the rules let through what the models refuse: a bug
+            raise ScheduleError(
+                [RuleProblem("bad_value", "schedules", None, None, str(exc))]
+            ) from None
 
     async def replace(
         self,
         relays: Sequence[RelaySchedule | Mapping[str, Any]],
         broadcasts: Sequence[BroadcastSchedule | Mapping[str, Any]],
+        *,
+        relay_names: Collection[str] | None = None,
     ) -> None:
         """Replace every schedule at once (``schedule.set``), persist, re-evaluate now.
 
         Invalid input raises :class:`ScheduleError` and changes nothing.
         """
-        new_relays, new_broadcasts = self.validate(relays, broadcasts)
+        # A year of sun times for up to 200 rows is a fraction of a second on a Pi:
+        # judged in a thread, so relays and the PA are not held up meanwhile.
+        new_relays, new_broadcasts = await asyncio.to_thread(
+            functools.partial(self.validate, relays, broadcasts, relay_names=relay_names)
+        )
         data = {
             "relays": [item.model_dump(mode="json") for item in new_relays],
             "broadcasts": [item.model_dump(mode="json") for item in new_broadcasts],

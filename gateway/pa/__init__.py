@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from gateway.commands import (
     CommandError,
     Handler,
     LongJob,
+    PaClipDeleteArgs,
     PaClipFetchArgs,
     PaPlayArgs,
     PaStopArgs,
@@ -39,7 +41,7 @@ from gateway.errors import GatewayError
 from gateway.files import write_atomic
 from gateway.log import get_logger
 from gateway.pa.amplifier import Amplifier
-from gateway.pa.clips import ClipStore
+from gateway.pa.clips import ClipError, ClipStore
 from gateway.pa.decode import AudioFormat, open_clip, open_stream
 from gateway.pa.fetch import AddressGuard, RefusedAddressError
 from gateway.pa.output import NullSink, Output, PyAudioSink, Report, Sink
@@ -80,9 +82,12 @@ class PublicAddress(Component):
         state: StateStore,
         on_event: EventSink,
         relays: RelayBank | None = None,
+        clip_users: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         pa = settings.pa
         self._pa = pa
+        self._clip_users = clip_users
+        """The clips the schedules in force name (``pa.clip.delete`` refuses those)."""
         self._state = state
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty = asyncio.Event()
@@ -169,12 +174,13 @@ class PublicAddress(Component):
     # ------------------------------------------------------------------ handlers
 
     def handlers(self) -> dict[str, Handler]:
-        """``pa.play``, ``pa.stop``, ``pa.volume``, ``pa.clip.fetch``."""
+        """``pa.play``, ``pa.stop``, ``pa.volume``, ``pa.clip.fetch``, ``pa.clip.delete``."""
         return {
             "pa.play": self._play,
             "pa.stop": self._stop,
             "pa.volume": self._volume,
             "pa.clip.fetch": self._fetch,
+            "pa.clip.delete": self._delete,
         }
 
     async def _play(self, args: BaseModel, source: Source) -> dict[str, Any]:
@@ -188,8 +194,8 @@ class PublicAddress(Component):
         if clip is not None:
             try:
                 clip = self.clips.info(clip).name
-            except GatewayError as exc:
-                raise CommandError(getattr(exc, "key", "unknown_target"), str(exc)) from exc
+            except ClipError as exc:
+                raise _refusal(exc, "clip") from exc
         item = Item(
             id=new_id("pa"),
             priority=args.priority,
@@ -220,18 +226,33 @@ class PublicAddress(Component):
         assert isinstance(args, PaClipFetchArgs)  # noqa: S101 - the dispatcher validated it
         try:
             name = self.clips.check_fetch(args.name, args.url, args.sha256)
-        except GatewayError as exc:
-            raise CommandError(getattr(exc, "key", "bad_args"), str(exc)) from exc
-        return LongJob(self._fetch_work(args), accepted={"name": name, "url": args.url})
+            _, label = self.clips.identify(args.name)
+        except ClipError as exc:
+            raise _refusal(exc, "url") from exc  # name, sha256 and url errors name their own
+        accepted = {"name": name, "label": label, "url": args.url}
+        return LongJob(self._fetch_work(args), accepted=accepted)
 
     async def _fetch_work(self, args: PaClipFetchArgs) -> dict[str, Any]:
         try:
             info = await self.clips.fetch(
                 args.name, args.url, args.sha256, timeout_s=self._pa.fetch_timeout_s
             )
-        except GatewayError as exc:
-            raise CommandError(getattr(exc, "key", "fetch_failed"), str(exc)) from exc
+        except ClipError as exc:
+            raise _refusal(exc, "url") from exc  # the download or its content
         return info.as_dict()
+
+    async def _delete(self, args: BaseModel, source: Source) -> dict[str, Any]:
+        """Remove a stored clip unless it is bundled, playing, queued or scheduled."""
+        assert isinstance(args, PaClipDeleteArgs)  # noqa: S101 - the dispatcher validated it
+        player = self.player.snapshot()
+        items = [player["playing"] or {}, *player["queue"]]
+        in_use = {item.get("clip") for item in items} | set(self._clip_users())
+        in_use.add(self._pa.chime)
+        try:
+            info = await self.clips.delete(args.clip, in_use={c for c in in_use if c})
+        except ClipError as exc:
+            raise _refusal(exc, "clip") from exc
+        return {"deleted": info.name, "label": info.label or info.name}
 
     # ------------------------------------------------------------------ internals
 
@@ -279,6 +300,11 @@ class PublicAddress(Component):
         except GatewayError as exc:
             _log.warning("pa.chime_unavailable", clip=self._pa.chime, error=str(exc))
             return _Silence()
+
+
+def _refusal(error: ClipError, field: str) -> CommandError:
+    """The reply to a refused clip: its code, its message and ``error.detail``."""
+    return CommandError(error.key, str(error), detail=error.detail(field))
 
 
 def _saved_volume(path: Path, *, default: int) -> int:

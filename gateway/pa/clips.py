@@ -6,8 +6,20 @@ or a failed upload never leaves half a clip that would break a broadcast later. 
 sidecar ``index.json`` records each clip's sha256 and exact duration so listing the
 store does not decode anything; it is rebuilt from the files if it is lost.
 
+A clip has an id (``ban-tin-sang``: what commands, files and URLs use) and a label (``Bản
+tin sáng``: what the village head typed, any Unicode, at most 64 characters). An upload or
+a fetch under a natural name gets its id derived from it (:func:`slugify`: Vietnamese
+diacritics folded, ``đ`` → ``d``, a suffix ``-2`` when another clip has that id); the
+label is kept in the index and in a sidecar ``<id>.label`` beside the clip, so a lost
+index loses no label. A name that is already an id (``morning-news``) names that clip and
+replaces it, as before.
+
 Two clips come with the package, made by ``audio/make_sounds.py``: ``chime`` (played
-before announcements) and ``test-tone``. Their names are reserved.
+before announcements) and ``test-tone``. Their ids are reserved.
+
+Every refusal carries a reason code (``clip_not_found``, ``clip_too_large``,
+``clip_format``, ``clip_too_long``, ``disk_full``, ``clip_in_use``… see
+:data:`REASONS`) beside the reply's error code, for the user interface to word it.
 
 Nothing here holds up the player: a download and its decode check hold no lock that
 playing needs. Writes of one name (an upload, a fetch) keep their order, one after the
@@ -25,7 +37,8 @@ import re
 import secrets
 import shutil
 import threading
-from collections.abc import AsyncIterator
+import unicodedata
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +59,7 @@ __all__ = [
     "ClipInfo",
     "ClipStore",
     "normalise_name",
+    "slugify",
 ]
 
 _log = get_logger("pa.clips")
@@ -54,6 +68,8 @@ BUNDLED_DIR = Path(__file__).parent / "sounds"
 BUNDLED = ("chime", "test-tone")
 """Clips that ship with the package (``gateway/pa/sounds/<name>.wav``)."""
 MAX_NAME = 64
+MAX_LABEL = 64
+_LABEL = ".label"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_FETCHES = 3
@@ -63,20 +79,57 @@ _INDEX = "index.json"
 _TEMP_PREFIX = ".incoming-"
 
 
+REASONS: Mapping[str, str] = {
+    "unknown_target": "clip_not_found",
+    "too_large": "clip_too_large",
+    "bad_audio": "clip_format",
+    "too_long": "clip_too_long",
+    "no_space": "disk_full",
+    "decode_timeout": "clip_decode_timeout",
+    "cancelled": "clip_decode_timeout",
+    "fetch_failed": "fetch_failed",
+    "bad_checksum": "clip_checksum",
+    "forbidden": "fetch_forbidden",
+    "busy": "busy",
+}
+"""The reason a refusal of each error code carries unless it names its own
+(``clip_name_empty``, ``clip_name_unusable``, ``clip_label_too_long``,
+``clip_label_format``, ``clip_bundled``, ``clip_in_use``, ``fetch_url``,
+``clip_checksum_format``)."""
+
+
 class ClipError(GatewayError):
-    """A clip refused or missing; ``key`` is the reply error code.
+    """A clip refused or missing; ``key`` is the reply error code, ``reason`` the finer
+    reason code (docs/protocol.md) and ``params`` what a message in another language needs.
 
     ``unknown_target`` (no such clip), ``bad_args`` (bad name, URL or sha256),
     ``too_large``, ``bad_audio`` (decoding failed), ``too_long`` (over the duration cap),
     ``decode_timeout`` (the decode check took too long), ``fetch_failed`` (download
     problem), ``bad_checksum``, ``forbidden`` (the URL points at an address a fetch may
-    not reach, docs/audio.md), ``busy`` (too many downloads at once), ``no_space`` (the
-    card has no room for one more clip).
+    not reach, docs/audio.md, or a bundled clip), ``busy`` (too many downloads at once, or
+    the clip is in use), ``no_space`` (the card has no room for one more clip).
     """
 
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(
+        self,
+        key: str,
+        message: str,
+        *,
+        reason: str | None = None,
+        field: str | None = None,
+        **params: object,
+    ) -> None:
         super().__init__(message)
         self.key = key
+        self.reason = reason or REASONS.get(key, key)
+        self.field = field
+        """The argument at fault when it is always the same one (``name``: the name)."""
+        self.params = params
+
+    def detail(self, field: str) -> dict[str, Any]:
+        """The reply's ``error.detail``; ``field`` is the argument that carried the clip
+        (``clip``, ``file``), unless the error names its own."""
+        return {"reason": self.reason, "field": self.field or field, **self.params}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,35 +137,79 @@ class ClipInfo:
     """What the store knows about one clip (shown by the web UI and in replies)."""
 
     name: str
+    """The id: what commands, files and URLs use."""
     bytes: int
     sha256: str
     duration_s: float
     format: str
     """``wav``, ``mp3``, ``ogg`` or ``flac``: what the content is, whatever it was called."""
     bundled: bool = False
+    label: str = ""
+    """What the operator called it (any Unicode); the id when none was given."""
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, duration rounded to milliseconds."""
+        """JSON-ready, duration rounded to milliseconds, the label never empty."""
         out = asdict(self)
         out["duration_s"] = round(self.duration_s, 3)
+        out["label"] = self.label or self.name
         return out
 
 
 def normalise_name(name: str) -> str:
-    """The stored form of a clip name: lowercase letters, digits, ``-`` and ``_``.
+    """The stored form of a clip id: lowercase letters, digits, ``-`` and ``_``.
 
     Anything else (path separators, dots, spaces, markup, an empty name or more than
-    64 characters) is refused rather than cleaned up, so that a name never silently
-    means a different clip than the operator typed.
+    64 characters) is refused rather than cleaned up, so that an id never silently
+    means a different clip than the operator typed. Natural names go through
+    :meth:`ClipStore.identify` instead.
     """
     lowered = name.lower() if isinstance(name, str) else ""
     if not lowered or len(lowered) > MAX_NAME or not _NAME.fullmatch(lowered):
         raise ClipError(
             "bad_args",
-            f"clip name {name!r}: use 1 to {MAX_NAME} of a-z 0-9 - _ (starting with a letter"
+            f"clip id {name!r}: use 1 to {MAX_NAME} of a-z 0-9 - _ (starting with a letter"
             " or digit)",
+            reason="clip_not_found",
+            clip=name if isinstance(name, str) else repr(name),
         )
     return lowered
+
+
+def slugify(text: str) -> str:
+    """An id from a natural name: ``"Bản tin sáng!"`` → ``"ban-tin-sang"``; ``""`` when
+    nothing usable is left (``"!!!"``). Diacritics are folded, ``đ`` becomes ``d``, every
+    run of other characters one ``-``; at most 64 characters."""
+    folded = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
+    bare = "".join(c for c in folded if not unicodedata.combining(c)).lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", bare).strip("-")
+    return slug[:MAX_NAME].rstrip("-")
+
+
+def _label(name: object) -> str:
+    """The label a natural name gives, or ClipError: NFC, trimmed, 1-64 characters with
+    no control characters and no path separator."""
+    if not isinstance(name, str) or not name.strip():
+        raise ClipError("bad_args", "give the clip a name", reason="clip_name_empty", field="name")
+    label = unicodedata.normalize("NFC", name).strip()
+    if len(label) > MAX_LABEL:
+        raise ClipError(
+            "bad_args",
+            f"a clip name has at most {MAX_LABEL} characters, this one {len(label)}",
+            reason="clip_label_too_long",
+            field="name",
+            max=MAX_LABEL,
+            length=len(label),
+        )
+    if any(unicodedata.category(c).startswith("C") for c in label) or any(
+        c in label for c in "/\\"
+    ):
+        raise ClipError(
+            "bad_args",
+            "a clip name has no control characters and no / or \\",
+            reason="clip_label_format",
+            field="name",
+        )
+    return label
 
 
 class ClipStore:
@@ -147,25 +244,93 @@ class ClipStore:
 
     def path(self, name: str) -> Path:
         """The file to play for ``name``; ClipError("unknown_target") if there is none."""
-        key = normalise_name(name)
+        key = self._key(name)
         if key in BUNDLED:
             return BUNDLED_DIR / f"{key}.wav"
-        info = self._clips.get(key)
-        if info is None:
-            raise ClipError("unknown_target", f"no clip named {key!r}")
+        info = self._clips[key]
         path = self.root / f"{key}.{info.format}"
         if not path.exists():
-            raise ClipError("unknown_target", f"clip {key!r} is missing from {self.root}")
+            raise ClipError("unknown_target", f"clip {key!r} is missing from {self.root}", clip=key)
         return path
 
     def info(self, name: str) -> ClipInfo:
-        """What the store recorded about ``name``."""
-        key = normalise_name(name)
+        """What the store recorded about ``name`` (an id, or a label as typed)."""
+        key = self._key(name)
         if key in BUNDLED:
             return self._bundled_info(key)
-        info = self._clips.get(key)
-        if info is None:
-            raise ClipError("unknown_target", f"no clip named {key!r}")
+        return self._clips[key]
+
+    def free_bytes(self) -> int:
+        """Free space on the clips' filesystem (what an upload may still take)."""
+        return shutil.disk_usage(self.root).free
+
+    def identify(self, name: object) -> tuple[str, str]:
+        """The id and label a new clip called ``name`` gets, or ClipError.
+
+        An id as such (``morning-news``) is kept, and replaces that clip (its label stays
+        when it has one). A natural name (``Bản tin sáng``) becomes its slug; if another
+        clip, with another label, has that id, ``-2``, ``-3``… is added; the same label
+        again replaces its clip.
+        """
+        label = _label(name)
+        exact = label.lower()
+        if len(exact) <= MAX_NAME and _NAME.fullmatch(exact):
+            if exact in BUNDLED:
+                raise ClipError(
+                    "bad_args",
+                    f"{exact!r} is a bundled clip and cannot be replaced",
+                    reason="clip_bundled",
+                    field="name",
+                    clip=exact,
+                )
+            old = self._clips.get(exact)
+            return exact, old.label if old is not None and old.label else label
+        slug = slugify(label)
+        if not slug:
+            raise ClipError(
+                "bad_args",
+                "the name has no letter or digit to make an id of",
+                reason="clip_name_unusable",
+                field="name",
+            )
+        key, count = slug, 1
+        while True:
+            old = self._clips.get(key)
+            if key not in BUNDLED and (old is None or old.label == label):
+                return key, label
+            count += 1
+            key = f"{slug[: MAX_NAME - len(str(count)) - 1]}-{count}"
+
+    async def delete(self, name: str, *, in_use: Collection[str] = ()) -> ClipInfo:
+        """Remove a stored clip (its file, label and index entry); ClipError when it is
+        bundled (``clip_bundled``), missing (``clip_not_found``) or named in ``in_use``
+        (``clip_in_use``: playing, queued, or named by a schedule)."""
+        key = self._key(name)
+        if key in BUNDLED:
+            raise ClipError(
+                "forbidden",
+                f"{key!r} comes with the gateway and cannot be deleted",
+                reason="clip_bundled",
+                clip=key,
+            )
+        if key in in_use:
+            raise ClipError(
+                "busy",
+                f"clip {key!r} is playing, queued or named by a schedule",
+                reason="clip_in_use",
+                clip=key,
+            )
+        async with self._writing(key), self._lock:
+            info = self._clips.get(key)
+            if info is None:  # deleted while this waited
+                raise ClipError("unknown_target", f"no clip {key!r}", clip=key)
+            # The file first: a crash after this leaves an index entry the next start
+            # drops (its file is gone), never a clip that comes back.
+            await asyncio.to_thread((self.root / f"{key}.{info.format}").unlink, missing_ok=True)
+            del self._clips[key]
+            await asyncio.to_thread(self._save)
+            await asyncio.to_thread((self.root / f"{key}{_LABEL}").unlink, missing_ok=True)
+        _log.info("pa.clip_deleted", clip=key)
         return info
 
     def list(self) -> list[ClipInfo]:
@@ -176,14 +341,16 @@ class ClipStore:
     # Adding.
 
     async def add(self, name: str, data: bytes) -> ClipInfo:
-        """Store ``data`` as clip ``name`` (replacing one of that name) once it decodes."""
-        key = self._upload_key(name, len(data))
+        """Store ``data`` as clip ``name`` (an id, or a natural name that becomes the
+        label, see :meth:`identify`) once it decodes."""
+        key, label = self._upload_key(name, len(data))
         self._need_room(len(data))
         async with self._writing(key):
             temp = self._temp(key)
             try:
                 await asyncio.to_thread(_write_file, temp, data)
-                return await self._commit(key, temp, hashlib.sha256(data).hexdigest(), len(data))
+                digest = hashlib.sha256(data).hexdigest()
+                return await self._commit(key, temp, digest, len(data), label)
             finally:
                 await asyncio.to_thread(temp.unlink, missing_ok=True)
 
@@ -192,9 +359,9 @@ class ClipStore:
         place: an upload streamed to the card (``sha256`` and ``size`` computed on the
         way) is never read into memory. ``path`` must be on the clip store's filesystem;
         the caller removes it if the clip is refused."""
-        key = self._upload_key(name, size)
+        key, label = self._upload_key(name, size)
         async with self._writing(key):
-            return await self._commit(key, path, sha256.lower(), size)
+            return await self._commit(key, path, sha256.lower(), size, label)
 
     def check_fetch(self, name: str, url: str, sha256: str) -> str:
         """What can be judged of a fetch before it starts, at once: the clip's stored name,
@@ -204,11 +371,18 @@ class ClipStore:
 
         ``pa.clip.fetch`` calls this to refuse at once; :meth:`fetch` checks it again.
         """
-        key = self._writable(name)
+        key, _ = self.identify(name)
         if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256.lower()):
-            raise ClipError("bad_args", "sha256 must be 64 hexadecimal digits")
+            raise ClipError(
+                "bad_args",
+                "sha256 must be 64 hexadecimal digits",
+                reason="clip_checksum_format",
+                field="sha256",
+            )
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-            raise ClipError("bad_args", f"not an http(s) URL: {url!r}")
+            raise ClipError(
+                "bad_args", f"not an http(s) URL: {url!r}", reason="fetch_url", field="url"
+            )
         try:
             self.guard.check_url(url)
         except RefusedAddressError as exc:
@@ -237,30 +411,43 @@ class ClipStore:
         other names, and everything else, go on meanwhile.
         """
         key = self.check_fetch(name, url, sha256)
+        _, label = self.identify(name)
         self._fetching += 1
         try:
             async with self._writing(key):
-                return await self._fetch(key, url, sha256.lower(), timeout_s)
+                return await self._fetch(key, url, sha256.lower(), timeout_s, label)
         finally:
             self._fetching -= 1
 
     # Internals.
 
-    def _upload_key(self, name: str, size: int) -> str:
-        """The stored name of an upload of ``size`` bytes, or ClipError (bundled name,
-        too large, empty)."""
-        key = self._writable(name)
+    def _upload_key(self, name: str, size: int) -> tuple[str, str]:
+        """The id and label of an upload of ``size`` bytes, or ClipError (bundled name,
+        bad name, too large, empty)."""
+        key, label = self.identify(name)
         if size > self.max_bytes:
-            raise ClipError("too_large", f"{size} bytes; the cap is {self.max_bytes}")
+            raise ClipError(
+                "too_large",
+                f"{size} bytes; the cap is {self.max_bytes}",
+                bytes=size,
+                max_bytes=self.max_bytes,
+            )
         if size <= 0:
             raise ClipError("bad_audio", "the upload is empty")
-        return key
+        return key, label
 
-    def _writable(self, name: str) -> str:
-        key = normalise_name(name)
-        if key in BUNDLED:
-            raise ClipError("bad_args", f"{key!r} is a bundled clip and cannot be replaced")
-        return key
+    def _key(self, name: str) -> str:
+        """The id of a stored or bundled clip named by its id or by its label."""
+        if isinstance(name, str):
+            lowered = name.lower()
+            if lowered in BUNDLED or lowered in self._clips:
+                return lowered
+            label = unicodedata.normalize("NFC", name).strip()
+            for key, info in self._clips.items():
+                if info.label and info.label == label:
+                    return key
+        shown = name if isinstance(name, str) else repr(name)
+        raise ClipError("unknown_target", f"no clip {shown!r}", clip=shown)
 
     def _temp(self, key: str) -> Path:
         return self.root / f"{_TEMP_PREFIX}{key}-{secrets.token_hex(4)}"
@@ -269,7 +456,12 @@ class ClipStore:
         """ClipError("no_space") unless the card has ``size`` bytes free for clips."""
         free = shutil.disk_usage(self.root).free
         if free < size:
-            raise ClipError("no_space", f"{free} bytes free in {self.root}; a clip may need {size}")
+            raise ClipError(
+                "no_space",
+                f"{free} bytes free in {self.root}; a clip may need {size}",
+                free_bytes=free,
+                needed_bytes=size,
+            )
 
     @asynccontextmanager
     async def _writing(self, key: str) -> AsyncIterator[None]:
@@ -292,6 +484,7 @@ class ClipStore:
         url: str,
         sha256: str,
         timeout_s: float,
+        label: str,
     ) -> ClipInfo:
         temp = self._temp(key)
         try:
@@ -309,7 +502,7 @@ class ClipStore:
                     "pa.clip_fetch_failed", clip=key, url=url, reason=exc.key, detail=exc.detail
                 )
                 raise ClipError(exc.key, str(exc)) from exc
-            return await self._commit(key, temp, sha256, size)
+            return await self._commit(key, temp, sha256, size, label)
         finally:
             await asyncio.to_thread(temp.unlink, missing_ok=True)
 
@@ -321,8 +514,9 @@ class ClipStore:
             stop=stop,
         )
 
-    async def _commit(self, key: str, temp: Path, sha256: str, size: int) -> ClipInfo:
-        """Decode-check ``temp`` in a thread, then rename it into place and record it."""
+    async def _commit(self, key: str, temp: Path, sha256: str, size: int, label: str) -> ClipInfo:
+        """Decode-check ``temp`` in a thread, then rename it into place and record it
+        (its label first, in the sidecar beside it)."""
         stop = threading.Event()  # a cancelled command stops the thread's decoding too
         try:
             fmt, duration = await asyncio.to_thread(self._probe, temp, stop)
@@ -332,10 +526,11 @@ class ClipStore:
             raise ClipError(exc.key, message) from exc
         finally:
             stop.set()
-        info = ClipInfo(key, size, sha256, duration, fmt)
+        info = ClipInfo(key, size, sha256, duration, fmt, label=label)
         async with self._lock:
             old = self._clips.get(key)
             final = self.root / f"{key}.{fmt}"
+            await asyncio.to_thread(write_atomic, self.root / f"{key}{_LABEL}", label)
             await asyncio.to_thread(temp.replace, final)
             if old is not None and old.format != fmt:
                 await asyncio.to_thread((self.root / f"{key}.{old.format}").unlink, missing_ok=True)
@@ -380,7 +575,7 @@ class ClipStore:
         changed = False
         for path in sorted(self.root.iterdir()):
             key, _, ext = path.name.partition(".")
-            if path.name == _INDEX or key in clips or not path.is_file():
+            if path.name == _INDEX or ext == _LABEL[1:] or key in clips or not path.is_file():
                 continue
             try:
                 key = normalise_name(key)
@@ -391,12 +586,23 @@ class ClipStore:
             if fmt != ext:
                 continue
             data = path.read_bytes()
-            clips[key] = ClipInfo(key, len(data), hashlib.sha256(data).hexdigest(), duration, fmt)
+            label = _read_label(self.root / f"{key}{_LABEL}") or key
+            digest = hashlib.sha256(data).hexdigest()
+            clips[key] = ClipInfo(key, len(data), digest, duration, fmt, label=label)
             changed = True
         if changed:
             self._clips = clips
             self._save()
         return clips
+
+
+def _read_label(path: Path) -> str | None:
+    """A clip's label from its sidecar, or None when it has none (an older clip)."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text[:MAX_LABEL] or None
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -32,6 +32,7 @@ from gateway.log import get_logger
 from gateway.state import StateStore
 from gateway.web.auth import (
     MAX_PASSWORD_CHARS,
+    MIN_PASSWORD_CHARS,
     Access,
     HashBusyError,
     PasswordError,
@@ -58,6 +59,13 @@ UPLOAD_DIR = "uploads"
 """Folder under ``gateway.state_dir`` where an upload streams before the clip store
 takes it; emptied at start."""
 STATE_CACHE_S = 0.5
+_AUDIO_TYPES = {
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "ogg": "audio/ogg",
+    "flac": "audio/flac",
+}
+"""Content types of stored clips, by the store's ``format``."""
 
 
 class SchedulerLike(Protocol):
@@ -97,10 +105,18 @@ class FileClipsLike(ClipsLike, Protocol):
 
 
 def error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    """The one error shape of the API."""
+    """The one error shape of the API: ``code`` for the page (which has a sentence for
+    each, in each language) and ``message`` in English for logs and engineers."""
     return web.json_response(
         {"error": {"code": code, "message": message}}, status=status, headers=headers or None
     )
+
+
+def refusal(status: int, code: str, message: str, detail: Mapping[str, Any]) -> web.Response:
+    """:func:`error` with a ``detail`` (``reason`` code and its parameters), the shape a
+    command's refused reply has, so the page words both the same way."""
+    body = {"code": code, "message": message, "detail": dict(detail)}
+    return web.json_response({"error": body}, status=status)
 
 
 class _TooLargeError(Exception):
@@ -178,17 +194,23 @@ class Api:
         router.add_get("/api/v1/events", self.events)
         router.add_get("/api/v1/clips", self.list_clips)
         router.add_post("/api/v1/clips", self.upload_clip)
+        router.add_get("/api/v1/clips/{clip}/audio", self.clip_audio)
         router.add_get("/api/v1/ws", self.ws)
 
     # -- sessions ---------------------------------------------------------------------
 
-    def _start_session(self, request: web.Request, body: dict[str, Any]) -> web.Response:
-        token, session = self._access.sessions.create()
-        response = web.json_response({**body, "csrf": session.csrf})
+    def _start_session(
+        self, request: web.Request, body: dict[str, Any], *, remember: bool = False
+    ) -> web.Response:
+        """A new session for this browser: the cookie (as long-lived as the session) and
+        the CSRF token in the body."""
+        token, session = self._access.sessions.create(remember=remember)
+        lifetime, _idle = self._access.sessions.limits(session)
+        response = web.json_response({**body, "csrf": session.csrf, "remember": remember})
         response.set_cookie(
             COOKIE,
             token,
-            max_age=int(self._settings.web.session_ttl_s),
+            max_age=int(lifetime),
             path="/",
             httponly=True,
             samesite="Strict",
@@ -231,9 +253,15 @@ class Api:
         """What the page needs before it draws anything."""
         current: Session | None = request.get(SESSION)
         gateway = self._settings.gateway
+        ended = (
+            None
+            if current is not None
+            else self._access.sessions.ended(request.cookies.get(COOKIE))
+        )
         return web.json_response(
             {
                 "authenticated": current is not None,
+                "ended": ended,
                 "csrf": current.csrf if current is not None else None,
                 "setup_required": self._access.setup_required,
                 "public_status": self._settings.web.public_status,
@@ -278,6 +306,7 @@ class Api:
             if password is None:
                 return error(400, "bad_args", "give password (a string)")
             verdict = await self._access.password_ok(password)
+            remember = data.get("remember") is True
         except HashBusyError:
             return _busy()
         finally:
@@ -285,8 +314,8 @@ class Api:
         if not verdict:
             return self._wrong(address, locked_for, 401, "unauthenticated", "wrong password")
         self.logins["ok"] += 1
-        _log.info("web.login", address=address)
-        return self._start_session(request, {})
+        _log.info("web.login", address=address, remember=remember)
+        return self._start_session(request, {}, remember=remember)
 
     async def logout(self, request: web.Request) -> web.Response:
         """End this session."""
@@ -335,7 +364,13 @@ class Api:
             try:
                 check_new_password(password)
             except PasswordError as exc:
-                return error(400, "bad_args", str(exc))
+                short = len(password) < MIN_PASSWORD_CHARS
+                reason = {"reason": "password_short", "field": new, "min": MIN_PASSWORD_CHARS}
+                if not short:
+                    reason = {"reason": "password_long", "field": new}
+                return refusal(400, "bad_args", str(exc), reason)
+            current: Session | None = request.get(SESSION)
+            remember = data.get("remember") is True or bool(current and current.remember)
             verdict = await check(given)
             if verdict:
                 await self._access.set_password(password)
@@ -348,7 +383,7 @@ class Api:
         if via == "setup code":
             self.logins["ok"] += 1  # the first password logs this browser in
         _log.warning("web.password_set", address=address, via=via)
-        return self._start_session(request, {})
+        return self._start_session(request, {}, remember=remember)
 
     # -- state, commands, events ----------------------------------------------------
 
@@ -435,7 +470,13 @@ class Api:
         """The clip store's clips."""
         if self.clips is None:
             return error(503, "not_available", "the loudspeakers are not set up on this gateway")
-        return web.json_response({"clips": [clip.as_dict() for clip in self.clips.list()]})
+        free = getattr(self.clips, "free_bytes", None)  # room on the clips' filesystem
+        return web.json_response(
+            {
+                "clips": [clip.as_dict() for clip in self.clips.list()],
+                "free_bytes": free() if callable(free) else None,
+            }
+        )
 
     async def upload_clip(self, request: web.Request) -> web.StreamResponse:
         """multipart ``name`` + ``file``: streamed to a file under the state folder with
@@ -457,7 +498,16 @@ class Api:
         try:
             received = await _read_upload(request, cap, temp)
             if isinstance(received, web.Response):
-                return received
+                if received.status != 413:
+                    return received
+                over = {
+                    "code": "too_large",
+                    "message": f"a clip is at most {cap} bytes (web.max_upload_mb)",
+                    "detail": {"reason": "clip_too_large", "field": "file", "max_bytes": cap},
+                }
+                refused = web.json_response({"error": over}, status=413)
+                refused.force_close()  # do not read the rest of a body we refuse
+                return refused
             name, size, sha256 = received
             try:
                 if (add_file := getattr(self.clips, "add_file", None)) is not None:
@@ -468,12 +518,38 @@ class Api:
                     del data
             except GatewayError as exc:
                 key = str(getattr(exc, "key", "bad_args"))
-                return error(413 if key == "too_large" else 400, key, str(exc))
+                body: dict[str, Any] = {"code": key, "message": str(exc)}
+                detail_of = getattr(exc, "detail", None)  # the clip store's reason code
+                if callable(detail_of):
+                    body["detail"] = detail_of("file")
+                status = 413 if key == "too_large" else 400
+                return web.json_response({"error": body}, status=status)
         finally:
             self.uploads -= 1
             await asyncio.to_thread(_unlink, temp)
         _log.info("web.clip_uploaded", name=clip.name, bytes=size)
         return web.json_response({"clip": clip.as_dict()})
+
+    async def clip_audio(self, request: web.Request) -> web.StreamResponse:
+        """The stored clip's file as it is, so the phone can listen before a broadcast
+        (an ``<audio>`` element; the session cookie goes with it). Only a clip the store
+        lists is served, by the store's own path for it."""
+        if self.clips is None:
+            return error(503, "not_available", "the loudspeakers are not set up on this gateway")
+        wanted = request.match_info["clip"]
+        known = {clip.name: clip for clip in self.clips.list()}
+        path_of: Callable[[str], Path] | None = getattr(self.clips, "path", None)
+        clip = known.get(wanted)
+        if clip is None or path_of is None:
+            missing = f"no clip named {wanted!r}"
+            return refusal(404, "unknown_target", missing, {"reason": "clip_not_found"})
+        try:
+            path = path_of(wanted)
+        except GatewayError as exc:
+            return refusal(404, "unknown_target", str(exc), {"reason": "clip_not_found"})
+        kind = str(clip.as_dict().get("format", ""))
+        content_type = _AUDIO_TYPES.get(kind, "application/octet-stream")
+        return web.FileResponse(path, headers={"Content-Type": content_type})
 
     def clear_uploads(self) -> None:
         """Remove what uploads cut short by a crash left behind (at start)."""

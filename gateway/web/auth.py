@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from gateway.log import get_logger
 from gateway.web.ratelimit import LoginLimiter
-from gateway.web.sessions import SessionStore
+from gateway.web.sessions import SESSIONS_FILE, SessionStore
 
 __all__ = [
     "HASHES_AT_ONCE",
@@ -193,10 +193,12 @@ class Access:
         max_attempts: int,
         lockout_s: float,
         max_lockout_s: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.passwords = PasswordFile(state_dir)
-        self.sessions = SessionStore(ttl_s=ttl_s, idle_s=idle_s, clock=clock)
+        self.sessions = SessionStore(
+            ttl_s=ttl_s, idle_s=idle_s, clock=clock, path=state_dir / SESSIONS_FILE
+        )
         self.limiter = LoginLimiter(
             max_attempts=max_attempts,
             lockout_s=lockout_s,
@@ -247,7 +249,7 @@ class Access:
             return
         self._stamp = stamp
         self._hash = self.passwords.read()
-        ended = self.sessions.revoke_all()
+        ended = self.sessions.revoke_all(reason="password_changed")
         _log.warning("web.password_file_changed", sessions_ended=ended, set=self._hash is not None)
         if self._hash is None:
             self.ensure_setup_code()
@@ -275,4 +277,4 @@ class Access:
         self._hash = self.passwords.read()
         self._stamp = self.passwords.stamp()
         self._setup_code = None
-        self.sessions.revoke_all()
+        self.sessions.revoke_all(reason="password_changed")

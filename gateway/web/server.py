@@ -54,6 +54,7 @@ from gateway.web.connections import (
     GatedSite,
 )
 from gateway.web.live import LOG_TAP, LiveHub, LogTap
+from gateway.web.printout import WifiPoint, render_sheet
 from gateway.web.sessions import COOKIE
 
 __all__ = [
@@ -209,7 +210,7 @@ class WebServer:
         state: StateStore,
         settings: Settings,
         link_online: Callable[[], bool] = lambda: False,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         log_tap: LogTap = LOG_TAP,
         keepalive_s: float = KEEPALIVE_S,
         max_connections: int = MAX_CONNECTIONS,
@@ -262,6 +263,7 @@ class WebServer:
         self.app.on_response_prepare.append(self._secure_headers)
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/static/{path:.+}", self._static)
+        self.app.router.add_get("/print", self._print)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/metrics", self._metrics)
         self.api.register(self.app.router)
@@ -362,8 +364,10 @@ class WebServer:
             self.live.recheck()
 
     async def end(self) -> None:
-        """Stop the live feed (the counterpart of :meth:`begin`)."""
+        """Stop the live feed (the counterpart of :meth:`begin`); keep the sessions' idle
+        clocks."""
         self._log_tap.attach(None)
+        self.access.sessions.flush()
         for task in (self._watcher, self._sweeper):
             if task is not None:
                 task.cancel()
@@ -473,6 +477,21 @@ class WebServer:
             raise web.HTTPNotFound
         return web.FileResponse(resolved, headers={"Content-Type": content_type})
 
+    async def _print(self, request: web.Request) -> web.Response:
+        """The A4 notice-board sheet (session required, like every route off the list):
+        QR codes for this page's address and each hotspot's open wifi (``ssid``)."""
+        wifi = [
+            WifiPoint(ssid, hotspot.label or name)
+            for name, hotspot in self._settings.hotspots.items()
+            if (ssid := hotspot.ssid)
+        ]
+        page = render_sheet(
+            village=self._settings.gateway.name or self._settings.gateway.id,
+            address=f"{request.scheme}://{request.host}/",
+            wifi=wifi,
+        )
+        return web.Response(text=page, content_type="text/html", charset="utf-8")
+
     def _overview(self) -> dict[str, Any]:
         """The parts of ``/api/v1/state`` that are not component snapshots."""
         details = self._health().details
@@ -485,7 +504,19 @@ class WebServer:
             },
             "link": {"online": self._link_online()},
             "health": details.get("components", {}),
+            "owners": self._owners(),
+            "features": {"backup": self._has_route("/api/v1/backup")},
         }
+
+    def _has_route(self, pattern: str) -> bool:
+        """Whether a route is registered (the page hides links to routes this build lacks)."""
+        return any(resource.canonical == pattern for resource in self.app.router.resources())
+
+    def _owners(self) -> dict[str, str]:
+        """Relays another part runs by itself (the amplifier's belongs to the PA): the
+        page shows them as owned, without a plain switch."""
+        amp = self._settings.pa.amp_relay
+        return {amp: "pa"} if amp else {}
 
     async def _healthz(self, request: web.Request) -> web.Response:
         report = self._health()

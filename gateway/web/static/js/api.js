@@ -65,14 +65,17 @@ export async function session() {
   return data;
 }
 
-export async function login(password) {
-  const data = await request("POST", "/api/v1/login", { json: { password }, quiet401: true });
+export async function login(password, remember = false) {
+  const data = await request("POST", "/api/v1/login", {
+    json: { password, remember },
+    quiet401: true,
+  });
   setCsrf(data.csrf);
   return data;
 }
 
 export async function setup(code, password) {
-  const data = await request("POST", "/api/v1/setup", { json: { code, password } });
+  const data = await request("POST", "/api/v1/setup", { json: { code, password, remember: true } });
   setCsrf(data.csrf);
   return data;
 }
@@ -108,11 +111,46 @@ export function clips() {
   return request("GET", "/api/v1/clips");
 }
 
-export function uploadClip(name, file) {
+/**
+ * Upload a clip with XMLHttpRequest (fetch cannot report upload progress); ``onProgress``
+ * gets 0-100 as the bytes leave the phone. Resolves with the JSON answer, rejects with an
+ * ApiError like every other call.
+ */
+export function uploadClip(name, file, onProgress = () => {}) {
   const form = new FormData();
   form.append("name", name);
   form.append("file", file, file.name);
-  return request("POST", "/api/v1/clips", { form });
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/v1/clips");
+    xhr.setRequestHeader("Accept", "application/json");
+    if (csrf) xhr.setRequestHeader("X-CSRF-Token", csrf);
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) onProgress(Math.floor((100 * event.loaded) / event.total));
+    });
+    xhr.addEventListener("load", () => {
+      let data = null;
+      try {
+        data = JSON.parse(xhr.responseText);
+      } catch {
+        data = null;
+      }
+      if (xhr.status >= 200 && xhr.status < 300) {
+        resolve(data);
+        return;
+      }
+      if (xhr.status === 401) unauthenticated();
+      reject(new ApiError(xhr.status, data, xhr.getResponseHeader("Retry-After")));
+    });
+    xhr.addEventListener("error", () => reject(new TypeError("network")));
+    xhr.addEventListener("abort", () => reject(new TypeError("aborted")));
+    xhr.send(form);
+  });
+}
+
+/** Where the phone can listen to a stored clip (an <audio> source; needs the session). */
+export function clipAudioUrl(id) {
+  return `/api/v1/clips/${encodeURIComponent(id)}/audio`;
 }
 
 /** A fresh command id within the protocol's [A-Za-z0-9._:-]{1,64}. */

@@ -9,6 +9,7 @@ import * as api from "./api.js";
 import { byId } from "./dom.js";
 import { initI18n, lang, onLangChange, setLang, t } from "./i18n.js";
 import { showError, showInfo, showReply } from "./format.js";
+import { renderBanner } from "./banner.js";
 import { Live } from "./live.js";
 import {
   addEvents,
@@ -42,7 +43,10 @@ let gatewayName = null;
 const views = {};
 
 const ctx = {
-  /** Send one command; show its reply in ``replyEl``; resolve with the reply (or null). */
+  /**
+   * Send one command; show its reply in ``replyEl`` (a status line next to ``button``, so
+   * the answer lands where the finger is); resolve with the reply (or null).
+   */
   async run(type, args, replyEl, button) {
     if (button) button.disabled = true;
     showInfo(replyEl, t("status.sending"));
@@ -59,8 +63,7 @@ const ctx = {
     }
   },
   say(el, text, status) {
-    el.textContent = text;
-    el.dataset.status = status;
+    showInfo(el, text, status);
   },
   /** An in-page confirmation (translated, unlike window.confirm's buttons). */
   confirm(title, text) {
@@ -95,6 +98,7 @@ const live = new Live({
     conn.dataset.i18n = `conn.${status}`;
     conn.textContent = t(`conn.${status}`);
     conn.hidden = status === "stopped";
+    document.body.dataset.conn = status; // stale data is greyed while reconnecting
   },
   onMessage(message) {
     switch (message.kind) {
@@ -120,7 +124,7 @@ const live = new Live({
   async onDrop() {
     try {
       const info = await api.session();
-      if (!info.authenticated) leave();
+      if (!info.authenticated) leave(info.setup_required, info.ended);
     } catch {
       // the gateway is unreachable: keep trying to reconnect
     }
@@ -211,7 +215,7 @@ async function start() {
     info = await api.session();
   } catch {
     byId("loading").hidden = false;
-    byId("loading").textContent = t("error.network");
+    byId("loading").textContent = t("error.offline");
     setTimeout(start, 3000);
     return;
   }
@@ -220,7 +224,7 @@ async function start() {
   if (info.authenticated) {
     await enter();
   } else {
-    leave(info.setup_required);
+    leave(info.setup_required, info.ended);
   }
 }
 
@@ -257,7 +261,7 @@ async function enter() {
   route();
 }
 
-function leave(setupRequired = false) {
+function leave(setupRequired = false, ended = null) {
   authenticated = false;
   live.stop();
   clearInterval(refreshTimer);
@@ -266,7 +270,8 @@ function leave(setupRequired = false) {
   byId("tabs").hidden = true;
   byId("logout").hidden = true;
   showPage("login");
-  views.login.show(Boolean(setupRequired));
+  renderBanner();
+  views.login.show(Boolean(setupRequired), ended);
 }
 
 async function main() {
@@ -280,8 +285,12 @@ async function main() {
   views.events = eventsView.mount(ctx);
 
   subscribe(queueRender);
+  subscribe((what) => {
+    if (what === "all" || what === "system" || what === "lang") renderBanner();
+  });
   onLangChange(() => {
     setGatewayName(gatewayName);
+    renderBanner();
     for (const name of PAGES) stale.add(name);
     queueRender("lang");
   });

@@ -1,5 +1,9 @@
 // Lights and power: every relay with its label, state and mode; switch it, switch it on
-// for N minutes, or hand it back to its schedule (relay.auto).
+// for N minutes, or hand it back to its schedule (relay.auto). Each card has its own
+// status line under its buttons, so the answer to a tap shows where the finger is.
+//
+// The amplifier's relay belongs to the loudspeakers (pa.amp_relay): it is shown with its
+// state and who runs it, without buttons, since the PA switches it on and off itself.
 //
 // Cards are kept per relay and updated in place, so a live update from another phone or
 // the scheduler never wipes the minutes someone is typing.
@@ -11,8 +15,13 @@ import { store } from "../store.js";
 
 const cards = new Map();
 
+function minutesOf(input) {
+  const value = Math.round(Number(input.value));
+  return Number.isFinite(value) && value >= 1 && value <= 1440 ? value : null;
+}
+
 function buildCard(ctx, name) {
-  const reply = byId("lights-reply");
+  const reply = h("p", { class: "reply relay-reply", role: "status", "aria-live": "polite" });
   const minutes = h("input", {
     type: "number",
     min: "1",
@@ -20,26 +29,32 @@ function buildCard(ctx, name) {
     value: "30",
     inputmode: "numeric",
     class: "minutes",
-    "aria-label": t("lights.minutes"),
+    "aria-label": t("lights.minutes_label"),
   });
   const parts = {
-    title: h("h2", { class: "relay-label" }),
+    title: h("h2", { class: "relay-label", dataset: { user: "" } }),
     state: h("span", { class: "relay-state badge" }),
     mode: h("span", { class: "relay-mode badge" }),
     detail: h("p", { class: "muted small relay-detail" }),
-    toggle: h("button", { type: "button", class: "btn-primary relay-toggle" }),
-    forLabel: h("span", { class: "small" }),
+    toggle: h("button", { type: "button", class: "relay-toggle" }),
     forButton: h("button", { type: "button", class: "relay-for" }),
     auto: h("button", { type: "button", class: "relay-auto" }),
+    owned: h("p", { class: "hint relay-owned" }, h("span", { class: "owned-text" }), " ",
+      h("a", { href: "#/pa", class: "owned-link" })),
+    controls: null,
     minutes,
+    reply,
   };
   parts.toggle.addEventListener("click", () => {
     const relay = store.state.relays?.relays?.[name];
     ctx.run("relay.set", { relay: name, on: !relay?.on }, reply, parts.toggle);
   });
+  minutes.addEventListener("input", () => {
+    parts.forButton.textContent = t("lights.on_for", { n: minutesOf(minutes) ?? "…" });
+  });
   parts.forButton.addEventListener("click", () => {
-    const value = Math.round(Number(minutes.value));
-    if (!Number.isFinite(value) || value < 1 || value > 1440) {
+    const value = minutesOf(minutes);
+    if (value === null) {
       ctx.say(reply, t("lights.minutes_range"), "error");
       minutes.focus();
       return;
@@ -49,37 +64,58 @@ function buildCard(ctx, name) {
   parts.auto.addEventListener("click", () =>
     ctx.run("relay.auto", { relay: name }, reply, parts.auto),
   );
+  parts.controls = h(
+    "div",
+    { class: "relay-controls" },
+    h("div", { class: "row" }, parts.toggle, parts.auto),
+    h("div", { class: "row" }, minutes, parts.forButton),
+  );
   const el = h(
     "article",
     { class: "card relay", dataset: { relay: name } },
     h("div", { class: "card-head" }, parts.title, parts.state),
     h("div", { class: "row" }, parts.mode, parts.detail),
-    h("div", { class: "row" }, parts.toggle, parts.auto),
-    h("div", { class: "row" }, minutes, parts.forLabel, parts.forButton),
+    parts.owned,
+    parts.controls,
+    reply,
   );
   return { el, parts };
 }
 
+function scheduled(name) {
+  const rows = store.state.schedules?.schedules;
+  return !Array.isArray(rows) || rows.some((row) => row.relay === name);
+}
+
 function update(card, name, relay) {
   const { el, parts } = card;
+  const owned = store.state.owners?.[name] === "pa";
   el.dataset.on = String(Boolean(relay.on));
+  el.dataset.owner = owned ? "pa" : "";
   el.classList.toggle("is-on", Boolean(relay.on));
   parts.title.textContent = relay.label || name;
   parts.state.textContent = t(relay.on ? "lights.on" : "lights.off");
-  parts.mode.textContent = t(relay.mode === "manual" ? "lights.manual" : "lights.schedule");
-  parts.mode.dataset.mode = relay.mode || "schedule";
+  let mode = relay.mode === "manual" ? "lights.manual" : "lights.schedule";
+  if (relay.mode !== "manual" && !scheduled(name)) mode = "lights.no_schedule";
+  if (owned) mode = "component.pa";
+  parts.mode.textContent = t(mode);
+  parts.mode.dataset.mode = owned ? "pa" : relay.mode || "schedule";
   const bits = [];
   if (relay.until) bits.push(t("lights.until", { time: time(relay.until) }));
   if (relay.changed_at) bits.push(t("lights.changed", { time: time(relay.changed_at) }));
-  if (relay.source) bits.push(t("lights.by", { source: sourceText(relay.source) }));
+  if (relay.source && !owned) bits.push(t("lights.by", { source: sourceText(relay.source) }));
   if (relay.pending !== null && relay.pending !== undefined) {
     bits.push(t(relay.pending ? "lights.pending_on" : "lights.pending_off"));
   }
   parts.detail.textContent = bits.join(" · ");
+  parts.owned.hidden = !owned;
+  parts.controls.hidden = owned;
+  parts.owned.querySelector(".owned-text").textContent = t("lights.amp_owned");
+  parts.owned.querySelector(".owned-link").textContent = t("lights.amp_link");
   parts.toggle.textContent = t(relay.on ? "lights.turn_off" : "lights.turn_on");
-  parts.forLabel.textContent = t("lights.minutes");
-  parts.forButton.textContent = t("lights.on_for");
-  parts.minutes.setAttribute("aria-label", t("lights.minutes"));
+  parts.toggle.className = `relay-toggle ${relay.on ? "btn-off" : "btn-primary"}`;
+  parts.forButton.textContent = t("lights.on_for", { n: minutesOf(parts.minutes) ?? "…" });
+  parts.minutes.setAttribute("aria-label", t("lights.minutes_label"));
   parts.auto.textContent = t("lights.auto");
   parts.auto.disabled = relay.mode !== "manual";
 }

@@ -3,7 +3,7 @@
 // the gateway just by reaching its page first.
 
 import { byId } from "../dom.js";
-import { t } from "../i18n.js";
+import { has, t } from "../i18n.js";
 import { showError, showInfo } from "../format.js";
 import * as api from "../api.js";
 
@@ -18,7 +18,8 @@ export function mount(ctx) {
     button.disabled = true;
     showInfo(reply, t("auth.logging_in"));
     try {
-      await api.login(byId("login-password").value);
+      await api.login(byId("login-password").value, byId("login-remember").checked);
+      byId("login-ended").hidden = true;
       loginForm.reset();
       reply.textContent = "";
       await ctx.enter();
@@ -60,7 +61,6 @@ export function mount(ctx) {
         await ctx.start(); // someone finished the setup meanwhile: log in instead
       } else {
         showError(reply, error);
-        if (error.body?.error?.message) reply.textContent += ` — ${error.body.error.message}`;
       }
     } finally {
       button.disabled = false;
@@ -68,8 +68,17 @@ export function mount(ctx) {
   });
 
   return {
-    /** Show the login form, or the setup form on a gateway without a password. */
-    show(setupRequired) {
+    /**
+     * Show the login form, or the setup form on a gateway without a password. ``ended``
+     * is why this phone's session ended (expired, password_changed ...): said, not guessed.
+     */
+    show(setupRequired, ended) {
+      const notice = byId("login-ended");
+      notice.hidden = !ended;
+      if (ended) {
+        const key = `auth.ended_${ended}`;
+        notice.textContent = t(has(key) ? key : "auth.ended_unknown");
+      }
       loginForm.hidden = setupRequired;
       setupForm.hidden = !setupRequired;
       (setupRequired ? byId("setup-code") : byId("login-password")).focus();

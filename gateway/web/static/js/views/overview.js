@@ -27,21 +27,24 @@ export function mount() {
     const current = byId("pw-current").value;
     const next = byId("pw-new").value;
     if (next !== byId("pw-new2").value) {
-      showError(reply, null);
-      reply.textContent = t("setup.mismatch");
+      showInfo(reply, t("setup.mismatch"), "error");
       return;
     }
+    const button = form.querySelector("button");
+    button.disabled = true;
+    showInfo(reply, t("account.changing"));
     try {
       await api.changePassword(current, next);
       form.reset();
       showInfo(reply, t("account.changed"));
     } catch (error) {
       if (error.status === 401 || error.status === 403) {
-        reply.textContent = t("account.wrong_current");
-        reply.dataset.status = "error";
+        showInfo(reply, t("account.wrong_current"), "error");
       } else {
         showError(reply, error);
       }
+    } finally {
+      button.disabled = false;
     }
   });
   return { render };
@@ -90,25 +93,28 @@ export function mount() {
 
     const list = clear(byId("ov-health"));
     const health = state.health || {};
-    const names = Object.keys(health).sort();
+    const names = Object.keys(health).sort((a, b) => Number(health[b]?.critical) - Number(health[a]?.critical) || a.localeCompare(b));
     for (const name of names) {
       const part = health[name] || {};
       const ok = part.healthy !== false;
-      const details = [has(`health.${part.state}`) ? t(`health.${part.state}`) : part.state];
+      const details = [t(has(`health.${part.state}`) ? `health.${part.state}` : "health.unknown")];
       if (part.restarts) details.push(t("overview.restarts", { n: part.restarts }));
       if (part.critical) details.push(t("overview.critical"));
+      if (part.last_error) details.push(t("overview.problem"));
       list.append(
         h(
           "li",
           { class: "health-row", dataset: { component: name, healthy: String(ok) } },
           h("span", { class: `dot ${ok ? "dot-good" : "dot-bad"}`, "aria-hidden": "true" }),
-          h("strong", { text: name }),
+          h("strong", { text: t(has(`component.${name}`) ? `component.${name}` : "component.other") }),
           h("span", { class: "muted", text: details.join(" · ") }),
-          part.last_error ? h("span", { class: "error-text", text: part.last_error }) : null,
         ),
       );
     }
     if (!names.length) list.append(h("li", { class: "muted", text: t("overview.no_health") }));
+    // A daemon without the backup route hides the link instead of offering a download
+    // that fails.
+    byId("ov-backup-block").hidden = state.features?.backup === false;
     const gateway = state.gateway || {};
     byId("ov-version").textContent = t("overview.version", {
       id: gateway.id || "—",

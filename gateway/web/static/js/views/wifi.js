@@ -3,25 +3,19 @@
 
 import { byId, clear, h } from "../dom.js";
 import { has, num, t } from "../i18n.js";
-import { ms, pct, time } from "../format.js";
+import { hotspotReason, ms, pct, showReply, time } from "../format.js";
 import { historyChart } from "../chart.js";
 import { store } from "../store.js";
 
 const cards = new Map();
 
 function stateText(state) {
-  return has(`hotspot.${state}`) ? t(`hotspot.${state}`) : String(state ?? "—");
+  return t(has(`hotspot.${state}`) ? `hotspot.${state}` : "hotspot.unknown");
 }
 
 function availability(value) {
-  if (!value) return "—";
-  const parts = [];
-  for (const key of ["1h", "24h"]) {
-    if (value[key] !== null && value[key] !== undefined) {
-      parts.push(`${key}: ${pct(value[key])}`);
-    }
-  }
-  return parts.join(" · ") || "—";
+  if (!value || (value["1h"] == null && value["24h"] == null)) return "—";
+  return `${pct(value["1h"])} / ${pct(value["24h"])}`;
 }
 
 function facts(view) {
@@ -34,7 +28,8 @@ function facts(view) {
     rows.push([t("wifi.clients"), view.clients === null ? "—" : num(view.clients)]);
   }
   rows.push([t("wifi.since"), time(view.since)]);
-  if (view.reason) rows.push([t("wifi.reason"), view.reason]);
+  const reason = hotspotReason(view);
+  if (reason && view.state !== "up") rows.push([t("wifi.reason"), reason]);
   return h(
     "dl",
     { class: "facts" },
@@ -49,7 +44,7 @@ function fill(el, name, view, withChart) {
     h(
       "div",
       { class: "card-head" },
-      h("h2", { text: view.label || name }),
+      h("h2", { dataset: { user: "" }, text: view.label || name }),
       h("span", { class: `badge state-${view.state}`, text: stateText(view.state) }),
     ),
     facts(view),
@@ -61,9 +56,23 @@ function fill(el, name, view, withChart) {
 }
 
 export function mount(ctx) {
-  byId("wifi-probe").addEventListener("click", (event) =>
-    ctx.run("hotspots.probe", {}, byId("wifi-reply"), event.currentTarget),
-  );
+  byId("wifi-probe").addEventListener("click", async (event) => {
+    const line = byId("wifi-reply");
+    const reply = await ctx.run("hotspots.probe", {}, line, event.currentTarget);
+    if (reply?.status !== "done") return;
+    // Each hotspot's state after the check, by its label, next to the button.
+    const hotspots = store.state.hotspots?.hotspots || {};
+    const results = Object.entries(reply.result?.hotspots || {}).map(([name, report]) => {
+      const said = hotspotReason(report);
+      const state = stateText(report.state);
+      return t("wifi.probe_result", {
+        name: hotspots[name]?.label || name,
+        state: said && report.state !== "up" ? `${state} (${said})` : state,
+      });
+    });
+    showReply(line, reply);
+    if (results.length) line.textContent = `${line.textContent}\n${results.join("\n")}`;
+  });
   function render() {
     const snapshot = store.state.hotspots || {};
     const uplink = byId("wifi-uplink");
