@@ -40,9 +40,9 @@ from gateway.files import write_atomic
 from gateway.log import get_logger
 from gateway.pa.amplifier import Amplifier
 from gateway.pa.clips import ClipStore
-from gateway.pa.decode import AudioFormat, open_clip, open_stream
 from gateway.pa.fetch import AddressGuard, RefusedAddressError
 from gateway.pa.output import NullSink, Output, PyAudioSink, Report, Sink
+from gateway.pa.pcm import AudioFormat
 from gateway.pa.player import Item, Player, QuietHours
 from gateway.pa.player import Source as PcmReader
 from gateway.state import StateStore
@@ -262,6 +262,9 @@ class PublicAddress(Component):
 
     def _open_item(self, item: Item) -> PcmReader:
         """In a feeder thread: the decoder for a clip or a live stream."""
+        # numpy and libsndfile are loaded by the first decode, not at start-up.
+        from gateway.pa.decode import open_clip, open_stream  # noqa: PLC0415
+
         if item.clip is not None:
             return open_clip(self.clips.path(item.clip), self.fmt)
         assert item.url is not None  # noqa: S101 - pa.play has exactly one of them
@@ -274,6 +277,8 @@ class PublicAddress(Component):
 
     def _open_chime(self) -> PcmReader:
         """The chime clip, or silence if it cannot be played (the item itself still can)."""
+        from gateway.pa.decode import open_clip  # noqa: PLC0415 - see _open_item
+
         try:
             return open_clip(self.clips.path(self._pa.chime), self.fmt)
         except GatewayError as exc:

@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import numpy as np
-
 from gateway.errors import GatewayError
 from gateway.log import get_logger
 
@@ -536,6 +534,8 @@ class Output:
 
     def _write_fade(self, sink: Sink, chunk: Chunk) -> None:
         """The first ``fade_left`` frames of an interrupted run, ramped down to silence."""
+        import numpy as np  # noqa: PLC0415 - loaded by the first sound played, see _scale
+
         width = 2 * self.channels
         frames = min(self._fade_left, len(chunk.data) // width)
         data = chunk.data[: frames * width]
@@ -552,9 +552,13 @@ class Output:
     def _scale(self, data: bytes, target: float) -> bytes:
         """Apply the gain, ramping from the current one to ``target`` without a click."""
         current = self._gain
+        if current == target == 1.0:
+            return data
+        # numpy is loaded by the first sound played, not at start-up: an idle daemon
+        # (and the null sink of the demo) does without it.
+        import numpy as np  # noqa: PLC0415
+
         if current == target:
-            if target == 1.0:
-                return data
             samples = np.frombuffer(data, dtype="<i2").astype(np.float32) * target
         else:
             frames = len(data) // (2 * self.channels)
