@@ -286,6 +286,10 @@ class NullSink:
         self._until = None
 
 
+_WAKE = Chunk(token=-1, data=b"", gain=0.0)
+"""Not audio: put in the queue to wake the output thread for a request (see Output._wake)."""
+
+
 @dataclass(slots=True)
 class _Control:
     """Requests from the event loop, taken by the output thread before each chunk."""
@@ -386,6 +390,13 @@ class Output:
                 self._control.fade = True
             else:
                 self._control.abort = True
+        self._wake()
+
+    def _wake(self) -> None:
+        """Have the thread look at its requests now. A full queue needs no wake-up: the
+        thread is busy with it and takes the requests before the next chunk."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_WAKE)
 
     def set_master(self, gain: float) -> None:
         """The master amplitude; the thread ramps to it."""
@@ -419,6 +430,7 @@ class Output:
     def close(self, timeout_s: float = 0.5) -> None:
         """Stop the thread; it aborts and releases the device. Safe from any thread."""
         self._closing.set()
+        self._wake()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
@@ -435,9 +447,10 @@ class Output:
                     self._closing.wait(min(cap, initial * 2 ** (attempt - 1)))
                     continue
                 attempt = 0
-            try:
-                chunk = self._queue.get(timeout=0.1)
-            except queue.Empty:
+            # Blocks with no timeout: an idle daemon's output thread does not wake at all.
+            # cut() and close() put _WAKE to have their request seen at once.
+            chunk = self._queue.get()
+            if chunk is _WAKE:
                 self._take_control()
                 continue
             try:
