@@ -255,8 +255,8 @@ class PublicAddress(Component):
                 loop.call_soon_threadsafe(self._on_report, report)
 
     def _on_report(self, report: Report) -> None:
-        if report.kind == "device":
-            _log.info("pa.device", state=self.output.state, reason=self.output.reason)
+        # A device change is logged once, by the output thread (pa.device_open,
+        # pa.device_missing, pa.device_lost): a missing card is one line, not two.
         self.player.on_report(report)
         self._dirty.set()
 

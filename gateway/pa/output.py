@@ -36,6 +36,7 @@ from typing import Any, Literal, Protocol
 
 from gateway.errors import GatewayError
 from gateway.log import get_logger
+from gateway.pa.quiet import silence_sound_libraries
 
 __all__ = [
     "Chunk",
@@ -169,8 +170,9 @@ class PyAudioSink:
 
     def open(self) -> None:
         """Initialise PortAudio afresh (re-enumerates devices), find ours, open a stream."""
-        # The Pi has no JACK server; without this PortAudio tries to start one each time.
-        os.environ.setdefault("JACK_NO_START_SERVER", "1")
+        # ALSA's and JACK's enumeration chatter stays out of the journal; JACK does not
+        # try to start a server (the Pi has none). A missing device is our one line.
+        silence_sound_libraries()
         if self.device.startswith("plughw:"):
             # PortAudio lists cards as hw:N,M; with this it opens them through plughw.
             os.environ.setdefault("PA_ALSA_PLUGHW", "1")
