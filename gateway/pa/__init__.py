@@ -139,9 +139,15 @@ class PublicAddress(Component):
         """Publish ``state/pa`` on every change, and each second while something plays."""
         self._loop = asyncio.get_running_loop()
         self.output.start()
+        published: dict[str, Any] | None = None
         while True:
             health.beat()
-            await self._state.set("pa", self.snapshot())
+            snapshot = self.snapshot()
+            # Unchanged is not republished: every state change is an outbox write and an
+            # MQTT publish, which an idle PA made every 5 s for nothing.
+            if snapshot != published:
+                await self._state.set("pa", snapshot)
+                published = snapshot
             self._dirty.clear()
             period = 1.0 if self.player.snapshot()["playing"] else 5.0
             with contextlib.suppress(TimeoutError):
