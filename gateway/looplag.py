@@ -98,6 +98,7 @@ class LoopLag(Component):
         """
         loop = asyncio.get_running_loop()
         failed: asyncio.Future[None] = loop.create_future()
+        handle: asyncio.TimerHandle | None = None
 
         def schedule() -> asyncio.TimerHandle:
             return loop.call_later(self._interval_s, tick, self._clock() + self._interval_s)
@@ -117,7 +118,8 @@ class LoopLag(Component):
         try:
             await failed
         finally:
-            handle.cancel()
+            if handle is not None:
+                handle.cancel()
 
     def record(self, lag_s: float, *, now: float | None = None) -> None:
         """Add one sample taken at ``now`` (the clock's current time when omitted)."""
