@@ -113,7 +113,7 @@ def _run(config: Path | None, *, demo: bool) -> int:
     )
     log = get_logger("cli")
     try:
-        app = App(settings, config_path=config, demo=demo, uploader=uploader)
+        app = App(settings, config_path=config, demo=demo, uploader=uploader, settle_memory=True)
         return asyncio.run(app.run())
     except ConfigError as exc:
         log.error("startup.failed", problems=[str(p) for p in exc.problems])
