@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from bench import (
     bench_commands,
     bench_fetch_trickle,
+    bench_footprint,
     bench_hotspots,
     bench_http,
     bench_log,
@@ -44,6 +45,7 @@ BENCHES: dict[str, Callable[[], str | Iterable[str]]] = {
     "web": lambda: asyncio.run(bench_web.run()),
     "pa": bench_pa.run,
     "schedules": bench_schedules.run,
+    "footprint": bench_footprint.run,
 }
 """Every benchmark, in the order ``make bench`` runs them."""
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from bench.common import p
 from gateway.pa.output import NullSink, PyAudioSink, Sink
+from gateway.pa.quiet import silence_sound_libraries
 
 RATE = 48_000
 FRAMES = 1024
@@ -322,6 +323,9 @@ def _mp3(path: Path) -> Path | None:
 
 def run() -> list[str]:
     """Measure everything and return the ratio lines."""
+    # The bare baselines start PortAudio here too: its ALSA/JACK chatter stays out of
+    # the benchmark output, as the daemon keeps it out of the journal.
+    silence_sound_libraries()
     with _paced_device() as device, tempfile.TemporaryDirectory() as tmp:
         if device is None:
             return ["pa: skipped (PulseAudio cannot run here)"]

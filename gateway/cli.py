@@ -175,7 +175,14 @@ def _run(config: Path | None, *, demo: bool) -> int:
         for problem in report.errors:  # the copy itself no longer passes every check
             log.error("config.last_good_problem", key=problem.key, problem=problem.message)
     try:
-        app = App(settings, config_path=config, demo=demo, uploader=uploader, fallback=fallback)
+        app = App(
+            settings,
+            config_path=config,
+            demo=demo,
+            uploader=uploader,
+            fallback=fallback,
+            settle_memory=True,
+        )
         return asyncio.run(app.run())
     except ConfigError as exc:
         log.error("startup.failed", problems=[str(p) for p in exc.problems])

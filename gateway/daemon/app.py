@@ -41,6 +41,7 @@ from gateway.lighting.handlers import Control
 from gateway.log import get_logger, set_level
 from gateway.logupload import LogUploader
 from gateway.looplag import LoopLag
+from gateway.memory import settle_after_startup
 from gateway.metrics import build_registry
 from gateway.outbox import Outbox
 from gateway.pa import PublicAddress
@@ -104,10 +105,14 @@ class App:
         uploader: LogUploader | None = None,
         rng: random.Random | None = None,
         fallback: Fallback | None = None,
+        settle_memory: bool = False,
     ) -> None:
         self._config_path = config_path
         self.fallback = fallback
         """Set while running on the last good configuration because the file is bad."""
+        self._settle_memory = settle_memory
+        """After READY, gc.freeze and malloc_trim (gateway/memory.py): for the daemon's
+        own process, not for a test suite that builds many Apps in one."""
         set_zone(settings.gateway.timezone)
         self._demo = demo
         self._demo_state_dir: Path | None = None
@@ -427,6 +432,8 @@ class App:
                 tasks.append(group.create_task(self._recover(), name="recover"))
                 self._notifier.ready(self.status_line())
                 self.started.set()
+                if self._settle_memory:
+                    settle_after_startup()
                 await self._stop.wait()
                 _log.info("app.stopping")
                 parts.pa.close()  # amplifier off first: within 1 s of SIGTERM

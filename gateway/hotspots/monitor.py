@@ -116,6 +116,8 @@ class HotspotMonitor(Component):
         self._last_published: dict[str, Any] | None = None
         self._stale = False
         """A quiet cycle ran since the last publish."""
+        self._went_stale = asyncio.Event()
+        """Set with ``_stale``: :meth:`_refresh` sleeps on it instead of polling."""
         started = wall()
         self._hotspots = {
             name: self._target(
@@ -272,7 +274,10 @@ class HotspotMonitor(Component):
             await asyncio.sleep(delay)
 
     async def _refresh(self) -> None:
+        # Wakes only once a quiet cycle has run (not every second of an idle daemon);
+        # the sleep gathers the quiet cycles of up to PUBLISH_EVERY_S into one snapshot.
         while True:
+            await self._went_stale.wait()
             await asyncio.sleep(PUBLISH_EVERY_S)
             if self._stale:
                 await self._publish()
@@ -303,6 +308,7 @@ class HotspotMonitor(Component):
             await self._publish()
         else:
             self._stale = True
+            self._went_stale.set()
 
     async def _run_probes(self, target: _Target) -> list[tuple[AnyProbe, ProbeResult]]:
         probes = list(target.probes)
@@ -381,6 +387,7 @@ class HotspotMonitor(Component):
 
     async def _publish(self) -> None:
         self._stale = False
+        self._went_stale.clear()
         snapshot = self.snapshot()
         if snapshot != self._last_published:
             self._last_published = snapshot

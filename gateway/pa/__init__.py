@@ -42,9 +42,9 @@ from gateway.files import write_atomic
 from gateway.log import get_logger
 from gateway.pa.amplifier import Amplifier
 from gateway.pa.clips import ClipError, ClipStore
-from gateway.pa.decode import AudioFormat, open_clip, open_stream
 from gateway.pa.fetch import AddressGuard, RefusedAddressError
 from gateway.pa.output import NullSink, Output, PyAudioSink, Report, Sink
+from gateway.pa.pcm import AudioFormat
 from gateway.pa.player import Item, Player, QuietHours
 from gateway.pa.player import Source as PcmReader
 from gateway.state import StateStore
@@ -144,9 +144,15 @@ class PublicAddress(Component):
         """Publish ``state/pa`` on every change, and each second while something plays."""
         self._loop = asyncio.get_running_loop()
         self.output.start()
+        published: dict[str, Any] | None = None
         while True:
             health.beat()
-            await self._state.set("pa", self.snapshot())
+            snapshot = self.snapshot()
+            # Unchanged is not republished: every state change is an outbox write and an
+            # MQTT publish, which an idle PA made every 5 s for nothing.
+            if snapshot != published:
+                await self._state.set("pa", snapshot)
+                published = snapshot
             self._dirty.clear()
             period = 1.0 if self.player.snapshot()["playing"] else 5.0
             with contextlib.suppress(TimeoutError):
@@ -276,13 +282,16 @@ class PublicAddress(Component):
                 loop.call_soon_threadsafe(self._on_report, report)
 
     def _on_report(self, report: Report) -> None:
-        if report.kind == "device":
-            _log.info("pa.device", state=self.output.state, reason=self.output.reason)
+        # A device change is logged once, by the output thread (pa.device_open,
+        # pa.device_missing, pa.device_lost): a missing card is one line, not two.
         self.player.on_report(report)
         self._dirty.set()
 
     def _open_item(self, item: Item) -> PcmReader:
         """In a feeder thread: the decoder for a clip or a live stream."""
+        # numpy and libsndfile are loaded by the first decode, not at start-up.
+        from gateway.pa.decode import open_clip, open_stream  # noqa: PLC0415
+
         if item.clip is not None:
             return open_clip(self.clips.path(item.clip), self.fmt)
         assert item.url is not None  # noqa: S101 - pa.play has exactly one of them
@@ -295,6 +304,8 @@ class PublicAddress(Component):
 
     def _open_chime(self) -> PcmReader:
         """The chime clip, or silence if it cannot be played (the item itself still can)."""
+        from gateway.pa.decode import open_clip  # noqa: PLC0415 - see _open_item
+
         try:
             return open_clip(self.clips.path(self._pa.chime), self.fmt)
         except GatewayError as exc:

@@ -48,8 +48,8 @@ from urllib.parse import urlsplit
 from gateway.errors import GatewayError
 from gateway.files import write_atomic
 from gateway.log import get_logger
-from gateway.pa.decode import MAX_CLIP_S, PROBE_TIMEOUT_S, DecodeError, probe
 from gateway.pa.fetch import AddressGuard, FetchError, RefusedAddressError, download
+from gateway.pa.pcm import MAX_CLIP_S, PROBE_TIMEOUT_S, DecodeError
 
 __all__ = [
     "BUNDLED",
@@ -507,6 +507,9 @@ class ClipStore:
             await asyncio.to_thread(temp.unlink, missing_ok=True)
 
     def _probe(self, path: Path, stop: threading.Event | None = None) -> tuple[str, float]:
+        # numpy and libsndfile are loaded by the first decode, not at start-up.
+        from gateway.pa.decode import probe  # noqa: PLC0415
+
         return probe(
             path,
             max_duration_s=self.max_duration_s,

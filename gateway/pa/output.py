@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import numpy as np
-
 from gateway.errors import GatewayError
 from gateway.log import get_logger
+from gateway.pa.quiet import silence_sound_libraries
 
 __all__ = [
     "Chunk",
@@ -171,8 +170,9 @@ class PyAudioSink:
 
     def open(self) -> None:
         """Initialise PortAudio afresh (re-enumerates devices), find ours, open a stream."""
-        # The Pi has no JACK server; without this PortAudio tries to start one each time.
-        os.environ.setdefault("JACK_NO_START_SERVER", "1")
+        # ALSA's and JACK's enumeration chatter stays out of the journal; JACK does not
+        # try to start a server (the Pi has none). A missing device is our one line.
+        silence_sound_libraries()
         if self.device.startswith("plughw:"):
             # PortAudio lists cards as hw:N,M; with this it opens them through plughw.
             os.environ.setdefault("PA_ALSA_PLUGHW", "1")
@@ -288,6 +288,10 @@ class NullSink:
         self._until = None
 
 
+_WAKE = Chunk(token=-1, data=b"", gain=0.0)
+"""Not audio: put in the queue to wake the output thread for a request (see Output._wake)."""
+
+
 @dataclass(slots=True)
 class _Control:
     """Requests from the event loop, taken by the output thread before each chunk."""
@@ -388,6 +392,13 @@ class Output:
                 self._control.fade = True
             else:
                 self._control.abort = True
+        self._wake()
+
+    def _wake(self) -> None:
+        """Have the thread look at its requests now. A full queue needs no wake-up: the
+        thread is busy with it and takes the requests before the next chunk."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_WAKE)
 
     def set_master(self, gain: float) -> None:
         """The master amplitude; the thread ramps to it."""
@@ -421,6 +432,7 @@ class Output:
     def close(self, timeout_s: float = 0.5) -> None:
         """Stop the thread; it aborts and releases the device. Safe from any thread."""
         self._closing.set()
+        self._wake()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
@@ -437,9 +449,10 @@ class Output:
                     self._closing.wait(min(cap, initial * 2 ** (attempt - 1)))
                     continue
                 attempt = 0
-            try:
-                chunk = self._queue.get(timeout=0.1)
-            except queue.Empty:
+            # Blocks with no timeout: an idle daemon's output thread does not wake at all.
+            # cut() and close() put _WAKE to have their request seen at once.
+            chunk = self._queue.get()
+            if chunk is _WAKE:
                 self._take_control()
                 continue
             try:
@@ -536,6 +549,8 @@ class Output:
 
     def _write_fade(self, sink: Sink, chunk: Chunk) -> None:
         """The first ``fade_left`` frames of an interrupted run, ramped down to silence."""
+        import numpy as np  # noqa: PLC0415 - loaded by the first sound played, see _scale
+
         width = 2 * self.channels
         frames = min(self._fade_left, len(chunk.data) // width)
         data = chunk.data[: frames * width]
@@ -552,9 +567,13 @@ class Output:
     def _scale(self, data: bytes, target: float) -> bytes:
         """Apply the gain, ramping from the current one to ``target`` without a click."""
         current = self._gain
+        if current == target == 1.0:
+            return data
+        # numpy is loaded by the first sound played, not at start-up: an idle daemon
+        # (and the null sink of the demo) does without it.
+        import numpy as np  # noqa: PLC0415
+
         if current == target:
-            if target == 1.0:
-                return data
             samples = np.frombuffer(data, dtype="<i2").astype(np.float32) * target
         else:
             frames = len(data) // (2 * self.channels)

@@ -130,6 +130,11 @@ STATE_LINGER_S = 0.05
 
 BATCH_LINGER_S = 0.05
 """After an idle spell, how long events, telemetry and logs wait to gather a batch."""
+IDLE_RECHECK_S = 30.0
+"""How long a drain loop with nothing to send sleeps before looking again on its own.
+Every commit that makes records visible wakes it at once (the outbox's version), so this
+is only a safety net; at 1 s the two loops were two of an idle daemon's few wake-ups a
+second."""
 
 
 def _raise_if_cancelled() -> None:
@@ -392,7 +397,7 @@ class Link(Component):
             version = self._outbox.version
             batch = await self._next_batch(streams, cursor)
             if batch is None:
-                await self._outbox.wait_for_records(version, 1.0)
+                await self._outbox.wait_for_records(version, IDLE_RECHECK_S)
                 if bucket is not None and self._outbox.version != version:
                     # Events come in small bursts (a command's event, a relay's switch):
                     # wait a moment so they leave as one message, and a reply is not

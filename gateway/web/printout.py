@@ -16,8 +16,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from html import escape
 
-import segno
-
 __all__ = ["WifiPoint", "render_sheet", "wifi_payload"]
 
 _WIFI_SPECIALS = '\\;,":'
@@ -44,6 +42,10 @@ def wifi_payload(ssid: str) -> str:
 
 def _qr(data: str) -> str:
     """An SVG data URI of ``data`` as a QR code (medium error correction, quiet zone 4)."""
+    # Imported here: the sheet is printed once in a while, and segno need not sit in the
+    # daemon's memory the rest of the time (docs/development.md, footprint).
+    import segno  # noqa: PLC0415
+
     code = segno.make(data, error="m", micro=False)
     return str(code.svg_data_uri(scale=8, border=4))
 

@@ -1,0 +1,84 @@
+"""The daemon starts light and quiet: no audio decoder libraries before the first decode,
+no ALSA or JACK chatter in the journal, one clear line for a missing sound card.
+
+How light and how fast is measured by ``make bench`` (bench/bench_footprint.py); these
+tests keep the lazy imports lazy and the journal clean.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ConfigFile, Daemon, clean_env, free_port
+
+pytestmark = pytest.mark.slow
+
+HEAVY = ("numpy", "soundfile", "pyaudio", "segno")
+"""Loaded by the first decode (numpy, soundfile), a real sound card (pyaudio) or the
+notice-board sheet (segno) only."""
+
+
+def test_importing_the_daemon_loads_no_audio_library() -> None:
+    """What ``village-gateway run`` imports before it reads its config leaves numpy,
+    soundfile, PyAudio and segno out (each a few MB of a Pi Zero's memory)."""
+    code = (
+        "import sys\n"
+        "import gateway.cli, gateway.daemon.app, gateway.logupload, gateway.web.live\n"
+        f"print([name for name in {HEAVY!r} if name in sys.modules])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=clean_env()
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_the_running_demo_has_no_decoder_mapped(start_daemon: Callable[..., Daemon]) -> None:
+    """The demo, up and serving, has not loaded numpy or libsndfile: nothing decoded yet."""
+    port = free_port()
+    daemon = start_daemon(
+        "--demo", web_port=port, env=clean_env(VG_WEB__PORT=str(port), VG_MQTT__PORT="1")
+    )
+    daemon.wait_healthy()
+    maps = Path(f"/proc/{daemon.process.pid}/maps").read_text()
+    daemon.stop()
+    assert "numpy" not in maps
+    assert "libsndfile" not in maps
+    assert "portaudio" not in maps
+
+
+def test_a_missing_card_is_one_line_and_no_alsa_or_jack_chatter(
+    config_file: ConfigFile, start_daemon: Callable[..., Daemon]
+) -> None:
+    """PortAudio's device enumeration makes ALSA and JACK print dozens of lines on a
+    machine without that card; none of them reach stdout/stderr (the journal), and the
+    missing card is one warning that names it."""
+    config_file.write(
+        {'backend = "null"': 'backend = "pyaudio"\ndevice = "hw:CARD=NoSuchCard,DEV=0"'}
+    )
+    daemon = start_daemon("--config", str(config_file.path), web_port=config_file.web_port)
+    daemon.wait_healthy()
+    deadline = time.monotonic() + 15
+    while "pa.device_missing" not in daemon.output():
+        assert time.monotonic() < deadline, daemon.output()
+        time.sleep(0.05)
+    status, _ = daemon.get("/healthz")
+    assert status == 200  # a missing card degrades the PA only
+    code, _ = daemon.stop()
+    assert code == 0, daemon.output()
+    output = daemon.output()
+    lines = [line for line in output.splitlines() if line.strip()]
+    chatter = [ln for ln in lines if "ALSA" in ln or "jack" in ln.lower() or "Jack" in ln]
+    assert chatter == [], output
+    assert not [ln for ln in lines if not ln.startswith("{")], output
+    about_card = [line for line in daemon.log_lines() if "NoSuchCard" in str(line)]
+    assert len(about_card) == 1, about_card
+    (missing,) = about_card
+    assert missing["event"] == "pa.device_missing"
+    assert missing["level"] == "warning"
+    assert "no output device 'hw:CARD=NoSuchCard,DEV=0'" in missing["reason"]
