@@ -321,6 +321,26 @@ class TestScheduler:
         assert snapshot["clock_synced"] is True
         assert (snapshot["relays"], snapshot["broadcasts"]) == (2, 0)
 
+    async def test_next_change_follows_new_rows_and_a_clock_set_back(self, tmp_path: Path) -> None:
+        """The next edge is remembered between steps, yet a ``schedule.set`` and a clock
+        set back by hours both give the right one at the next step."""
+        rig = rig_at(at(MONDAY, 12, 0), tmp_path)
+        scheduler = rig.make(SchedulesSection(relays=[YARD]))
+        await scheduler.step()
+        assert scheduler.snapshot()["next_change"] == at(MONDAY, 18, 0).isoformat()
+        rig.clock.advance(1)
+        await scheduler.step()
+        assert scheduler.snapshot()["next_change"] == at(MONDAY, 18, 0).isoformat()
+        await scheduler.replace([{"relay": "yard", "on": "13:00", "off": "14:00"}], [])
+        await scheduler.step()
+        assert scheduler.snapshot()["next_change"] == at(MONDAY, 13, 0).isoformat()
+        rig.clock.advance(3600 * 1.5)  # 13:30: on, the next edge is the off
+        await scheduler.step()
+        assert scheduler.snapshot()["next_change"] == at(MONDAY, 14, 0).isoformat()
+        rig.clock.advance(-3600 * 3)  # set back to 10:30
+        await scheduler.step()
+        assert scheduler.snapshot()["next_change"] == at(MONDAY, 13, 0).isoformat()
+
     async def test_forward_jump_sets_every_relay_within_one_tick(self, tmp_path: Path) -> None:
         """The gateway boots at 15:00 on a stale clock; NTP then steps it three hours
         forward to 18:00. Without any simulated time passing after the jump, the running

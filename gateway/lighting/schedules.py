@@ -87,6 +87,9 @@ class ScheduleError(GatewayError, ValueError):
         super().__init__("\n".join(lines))
 
 
+_HOUR = timedelta(hours=1)
+
+
 @functools.lru_cache(maxsize=512)
 def _parsed(expr: str) -> TimeOfDay:
     return parse_time(expr)
@@ -295,6 +298,7 @@ class Scheduler(Component):
         self._readings: tuple[float, float] | None = None
         self._last_jump_s: float | None = None
         self._next: datetime | None = None
+        self._next_known: tuple[object, datetime, datetime | None] | None = None
 
     # -- persistence -------------------------------------------------------------------
 
@@ -468,11 +472,29 @@ class Scheduler(Component):
                 await self._apply(desired)
                 _log.info("schedules.applied", desired=desired, at=now.isoformat())
             await self._fire(now)
-        self._next = next_change(self._relays, now, self._sun)
+        self._next = self._next_change(now, jumped=jumped)
         delay = self._tick_s
         if self._next is not None:
             delay = min(delay, max(0.0, (self._next - now).total_seconds()))
         return delay
+
+    def _next_change(self, now: datetime, *, jumped: bool) -> datetime | None:
+        """:func:`next_change`, worked out again only when the answer may have moved.
+
+        The scheduler steps every second (broadcast moments, clock jumps); looking days
+        ahead through every row at each step was most of an idle gateway's CPU. The
+        answer stands until that moment passes, the rows are replaced or the clock
+        jumps (or, when nothing changes within the horizon, for an hour).
+        """
+        known = self._next_known
+        if known is not None and not jumped:
+            rows, computed_at, found = known
+            still = rows is self._relays and computed_at <= now
+            if still and (now < found if found is not None else now - computed_at < _HOUR):
+                return found
+        found = next_change(self._relays, now, self._sun)
+        self._next_known = (self._relays, now, found)
+        return found
 
     def _detect_jump(self, wall: float, mono: float) -> bool:
         previous, self._readings = self._readings, (wall, mono)
