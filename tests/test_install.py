@@ -701,3 +701,34 @@ def test_full_staged_install_builds_a_venv_that_systemd_accepts(installer: Insta
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert (verify.stdout + verify.stderr).strip() == "", verify.stdout + verify.stderr
     assert (installer.destdir / "etc" / "systemd" / "system" / UNIT_NAME).exists()
+
+
+def test_pi_check_is_its_own_target_and_refuses_bad_settings_first() -> None:
+    """``make pi-check`` is separate from ``make test`` (it takes minutes under
+    emulation), and a mistyped argument or suite is refused before it installs,
+    mounts or downloads anything."""
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    test_rule = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "pi-check" not in test_rule
+    assert "\npi-check:\n\t@bash scripts/pi-check\n" in makefile
+    script = REPO / "scripts" / "pi-check"
+    for args, env, message in (
+        (["--frobnicate"], {}, "unknown argument"),
+        ([], {"PI_SUITE": "../etc"}, "PI_SUITE must be a Debian suite name"),
+    ):
+        result = subprocess.run(
+            ["bash", str(script), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert message in result.stderr
+        assert "==" not in result.stdout  # no phase began
+    usage = subprocess.run(
+        ["bash", str(script), "--help"], check=False, capture_output=True, text=True
+    )
+    assert usage.returncode == 0
+    assert "PI_SUITE" in usage.stdout
