@@ -178,11 +178,12 @@ fi
 umask 022
 
 # 1. Build prerequisites (real installs only). PyAudio has no prebuilt wheel for the
-#    Pi's 64-bit OS and is compiled against PortAudio.
+#    Pi's 64-bit OS and is compiled against PortAudio. lgpio has wheels up to Python 3.12
+#    only; on trixie (3.13) it is compiled too, which needs swig.
 if ! staged && [[ $VG_SKIP_APT != 1 && $VG_SKIP_VENV != 1 ]] && command -v apt-get >/dev/null; then
     packages=(python3-venv)
     if [[ ,$VG_EXTRAS, == *,pi,* ]]; then
-        packages+=(python3-dev build-essential portaudio19-dev)
+        packages+=(python3-dev build-essential portaudio19-dev swig)
     fi
     missing=()
     for package in "${packages[@]}"; do
@@ -217,7 +218,10 @@ if [[ $VG_SKIP_VENV != 1 ]]; then
         target="${REPO}[${VG_EXTRAS}]"
     fi
     say "pip install $target"
-    "$DESTDIR$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade \
+    # PYPI=1: where lgpio is built from source (no wheel for this Python), its setup.py
+    # then links the lgpio C library it bundles, as its wheels do, instead of wanting a
+    # liblgpio that plain Debian does not package. Nothing else we install reads it.
+    PYPI=1 "$DESTDIR$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade \
         "${PIP_ARGS[@]}" -- "$target"
 fi
 # A stable command name for operators: village-gateway check-config ...
