@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_BROKER_PORT ?= 1883
 
-.PHONY: run test bench lint bootstrap clean schemas hil
+.PHONY: run test bench lint bootstrap clean schemas hil pi-check
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -34,6 +34,11 @@ bench: bootstrap
 ## `make test` runs the same tests on a simulated rig (gpiozero's mock pins).
 hil: bootstrap
 	GPIOZERO_PIN_FACTORY=$${GPIOZERO_PIN_FACTORY:-lgpio} $(BIN)/pytest hil -v
+
+## pi-check: install and run the gateway in an emulated arm64 Debian root, as on a Pi
+## (as root; slow, so not part of `make test`). PI_SUITE=trixie for Python 3.13.
+pi-check:
+	@bash scripts/pi-check
 
 ## schemas: regenerate docs/schemas/ from the payload models (a test checks they match).
 schemas: bootstrap

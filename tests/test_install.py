@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -35,6 +36,8 @@ PROMISED: dict[str, int] = {
     f"/etc/{NAME}/config.toml": 0o640,
     f"/etc/{NAME}/config.example.toml": 0o644,
     f"/opt/{NAME}/docs/operations.md": 0o644,
+    f"/opt/{NAME}/docs/audio.md": 0o644,
+    f"/opt/{NAME}/audio/asoundrc.usb-card": 0o644,
 }
 SOURCES: dict[str, Path] = {
     f"/etc/systemd/system/{NAME}.service": REPO / "systemd" / f"{NAME}.service",
@@ -248,6 +251,137 @@ def test_installer_refuses_what_it_cannot_do_safely(installer: Installer) -> Non
     assert installer.tripped() == []
 
 
+PREFIX = f"/opt/{NAME}"
+# Markdown links: [text](target) and ![alt](target); the target up to a space or ")".
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def relative_links(doc: Path) -> list[str]:
+    """The targets of a Markdown file's links that point at files (no URL, no bare anchor)."""
+    targets = (m.group(1) for m in LINK.finditer(doc.read_text(encoding="utf-8")))
+    return [
+        target.split("#", 1)[0]
+        for target in targets
+        if ":" not in target and not target.startswith(("#", "/"))
+    ]
+
+
+@pytest.mark.usefixtures("untouched_host")
+def test_installed_docs_bring_everything_they_link_to(installer: Installer) -> None:
+    """On the Pi the guide is read offline: every relative link in every installed
+    document resolves to a file inside the install, the guide's own neighbours
+    (audio.md, hotspots.md) and the ALSA examples included, each a copy of the
+    repository's file at the same place relative to the guide."""
+    result = installer.run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    prefix = installer.staged(PREFIX)
+    docs = sorted(prefix.rglob("*.md"))
+    assert prefix / "docs" / "operations.md" in docs
+    broken = []
+    for doc in docs:
+        for target in relative_links(doc):
+            resolved = (doc.parent / target).resolve()
+            inside = resolved.is_relative_to(prefix.resolve())
+            if not inside or not (resolved.is_file() or resolved.is_dir()):
+                broken.append(f"{doc.relative_to(prefix)} -> {target}")
+    assert broken == [], broken
+    for wanted in (
+        "docs/audio.md",
+        "docs/hotspots.md",
+        "audio/asoundrc.usb-card",
+        "audio/asoundrc.headphone-jack",
+    ):
+        installed = prefix / wanted
+        assert installed.is_file(), f"{wanted} is not installed"
+        assert installed.read_bytes() == (REPO / wanted).read_bytes(), wanted
+        assert mode(installed) == 0o644, wanted
+    assert installer.tripped() == []
+
+
+def shim(folder: Path, name: str, body: str) -> Path:
+    """An executable shell script ``name`` in ``folder``."""
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.usefixtures("untouched_host")
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [
+        ("armv6l", "unsupported architecture armv6l"),
+        ("python-3.9", "Python 3.9; 3.11 or newer is needed"),
+        ("no-python", "does not run"),
+    ],
+)
+def test_failed_preflight_changes_nothing(
+    installer: Installer, tmp_path: Path, problem: str, message: str
+) -> None:
+    """A machine the gateway cannot run on (a 32-bit ARMv6 Pi Zero, an older Python, no
+    Python) is refused in the pre-flight with a message that says what is wrong, before
+    anything is written: the staging folder is not even created."""
+    shims = tmp_path / "preflight"
+    env: dict[str, str] = {}
+    if problem == "armv6l":
+        shim(shims, "uname", 'if [ "$1" = -m ]; then echo armv6l; else exec /bin/uname "$@"; fi')
+        env["PATH"] = f"{shims}{os.pathsep}{installer.tripwire_dir}{os.pathsep}{os.environ['PATH']}"
+    elif problem == "python-3.9":
+        env["VG_PYTHON"] = str(shim(shims, "python3.9", "echo 3.9"))
+    else:
+        env["VG_PYTHON"] = str(tmp_path / "no-such-python")
+    result = installer.run(**env)
+    assert result.returncode != 0, result.stdout
+    assert message in result.stderr
+    assert "pre-flight ok" not in result.stdout
+    assert not installer.destdir.exists()
+    assert installer.tripped() == []
+
+
+@pytest.mark.usefixtures("untouched_host")
+def test_real_install_as_an_ordinary_user_is_refused(installer: Installer) -> None:
+    """Without DESTDIR the installer needs root; anyone else gets a clear refusal before
+    any change (run here as ``nobody`` when the tests run as root)."""
+    command = [str(INSTALL_SH)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("needs setpriv (util-linux) to drop root")
+        nobody = pwd.getpwnam("nobody")
+        command = [setpriv, f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}"]
+        command += ["--clear-groups", str(INSTALL_SH)]
+    env = {k: v for k, v in os.environ.items() if k != "DESTDIR"}
+    env["PATH"] = f"{installer.tripwire_dir}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(
+        command, check=False, capture_output=True, text=True, env=env, cwd="/", timeout=60
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "run as root" in result.stderr
+    assert installer.tripped() == []
+
+
+@pytest.mark.usefixtures("untouched_host")
+def test_install_ends_with_the_web_address_and_the_setup_code(installer: Installer) -> None:
+    """The installer's last lines tell the operator where the web UI is (the port from
+    the installed config, so an operator's own port shows after an upgrade) and where the
+    one-time setup code for the first password appears: the log event the daemon writes
+    (gateway/web/auth.py, ``web.setup_code``)."""
+    first = installer.run()
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert ":8080/" in first.stdout.splitlines()[-3]
+    assert f"journalctl -u {NAME} | grep web.setup_code" in first.stdout.splitlines()[-1]
+    auth = (REPO / "gateway" / "web" / "auth.py").read_text(encoding="utf-8")
+    assert '"web.setup_code"' in auth
+    config = installer.staged(f"/etc/{NAME}/config.toml")
+    text = config.read_text(encoding="utf-8")
+    assert text.count("\nport = 8080\n") == 1, "the example's [web] port moved"
+    config.write_text(text.replace("\nport = 8080\n", "\nport = 8099\n"), encoding="utf-8")
+    second = installer.run()
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert ":8099/" in second.stdout.splitlines()[-3]
+
+
 def test_sysctl_file_opens_ping_to_the_service_group(tmp_path: Path) -> None:
     """The sysctl file sets ``net.ipv4.ping_group_range`` to a range that holds the gid
     systemd-sysusers gives the village-gateway group from our sysusers.d file (it is
@@ -346,30 +480,70 @@ for target in /etc /opt /usr/local; do
     mount -t overlay overlay \\
         -o "lowerdir=$target,upperdir=$UPPER/$name,workdir=$WORK/$name" "$target"
 done
+# A private /run: systemd counts as running (sd_booted) only if $SYSTEMD_RUNNING says so.
+mount -t tmpfs tmpfs /run
+if [ "$SYSTEMD_RUNNING" = 1 ]; then mkdir -p /run/systemd/system; fi
 echo sandboxed
 mkdir -p /opt/village-gateway/venv/bin
 ln -s "$CLI" /opt/village-gateway/venv/bin/village-gateway
 set +e
-"$INSTALL_SH" > "$OUT/first.out" 2>&1
-echo $? > "$OUT/first.rc"
-echo "--- second run" >> "$TRIPWIRE_LOG"
-printf '\\n[no_such_section]\\nkey = 1\\n' >> /etc/village-gateway/config.toml
-"$INSTALL_SH" > "$OUT/second.out" 2>&1
-echo $? > "$OUT/second.rc"
-stat -c '%a %G' /etc/village-gateway /etc/village-gateway/config.toml > "$OUT/stat"
+for step in $STEPS; do
+    case $step in
+        edit) printf '\\n# edited by the operator\\n' >> /etc/village-gateway/config.toml ;;
+        break) printf '\\n[no_such_section]\\nkey = 1\\n' >> /etc/village-gateway/config.toml ;;
+        *)
+            echo "--- $step" >> "$TRIPWIRE_LOG"
+            "$INSTALL_SH" $INSTALL_ARGS > "$OUT/$step.out" 2>&1
+            echo $? > "$OUT/$step.rc"
+            ;;
+    esac
+done
+stat -c '%a %G' /etc/village-gateway /etc/village-gateway/config.toml > "$OUT/stat" 2>/dev/null
 getent passwd village-gateway > "$OUT/passwd"
+exit 0
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a private overlay needs root")
-def test_real_install_in_a_private_mount_namespace(tmp_path: Path) -> None:
-    """The real (no DESTDIR) install, run in a private mount namespace where /etc, /opt and
-    /usr/local are overlays that vanish afterwards, and a private network namespace:
-    systemd-sysusers really creates the user, the config folder and file get the service
-    group, the ping sysctl is applied before systemd is reloaded and the unit enabled and
-    started. A second run with a broken config keeps the operator's file, does not restart
-    the service and exits 2. systemctl, sysctl and apt-get are recorders here, and the
-    venv's command is this checkout's real CLI."""
+@dataclass
+class Sandboxed:
+    """What runs of the real (no DESTDIR) install in a private mount namespace left."""
+
+    out: Path
+    upper: Path
+    calls: dict[str, list[str]]
+
+    def output(self, step: str) -> str:
+        """What the installer printed in one run."""
+        return (self.out / f"{step}.out").read_text(encoding="utf-8")
+
+    def status(self, step: str) -> int:
+        """The installer's exit status in one run."""
+        return int((self.out / f"{step}.rc").read_text(encoding="utf-8"))
+
+    def written(self) -> list[str]:
+        """Every file the runs wrote under /etc, /opt and /usr/local (not counting the
+        venv's command, which the sandbox itself links to this checkout's CLI)."""
+        made_by_sandbox = f"_opt/{NAME}/venv/bin/{NAME}"
+        return sorted(
+            name
+            for name in (str(p.relative_to(self.upper)) for p in self.upper.rglob("*"))
+            if (self.upper / name).is_file() and name != made_by_sandbox
+        )
+
+
+def run_sandboxed(
+    tmp_path: Path, steps: str, *, systemd_running: bool = True, args: str = ""
+) -> Sandboxed:
+    """Runs install.sh for real in a private mount and network namespace, where /etc,
+    /opt and /usr/local are overlays that vanish afterwards and /run is private.
+
+    ``steps`` is a space-separated list: a run's name (its output goes to ``NAME.out``),
+    ``edit`` (the operator edits the config) or ``break`` (an invalid table is appended).
+    systemctl, sysctl and apt-get are recorders; the venv's command is this checkout's
+    real CLI.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("mounting a private overlay needs root")
     unshare = shutil.which("unshare")
     if unshare is None or shutil.which("systemd-sysusers") is None:
         pytest.skip("needs unshare (util-linux) and systemd-sysusers (systemd)")
@@ -395,7 +569,10 @@ def test_real_install_in_a_private_mount_namespace(tmp_path: Path) -> None:
         "OUT": str(out),
         "CLI": str(cli),
         "INSTALL_SH": str(INSTALL_SH),
+        "INSTALL_ARGS": args,
         "TRIPWIRE_LOG": str(log),
+        "STEPS": steps,
+        "SYSTEMD_RUNNING": "1" if systemd_running else "0",
         "VG_SKIP_VENV": "1",
     }
     env.pop("DESTDIR", None)
@@ -412,28 +589,83 @@ def test_real_install_in_a_private_mount_namespace(tmp_path: Path) -> None:
     if "sandboxed" not in result.stdout:
         pytest.skip(f"no private overlay mounts here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stdout + result.stderr
-    first = (out / "first.out").read_text()
-    assert (out / "first.rc").read_text().strip() == "0", first
-    calls = log.read_text(encoding="utf-8").split("--- second run\n")
-    assert calls[0].splitlines() == [
+    calls: dict[str, list[str]] = {}
+    step = ""
+    for line in log.read_text(encoding="utf-8").splitlines() if log.exists() else []:
+        if line.startswith("--- "):
+            step = line.removeprefix("--- ")
+            calls[step] = []
+        else:
+            calls[step].append(line)
+    return Sandboxed(out=out, upper=tmp_path / "upper", calls=calls)
+
+
+def test_real_install_enables_but_does_not_start_the_untouched_example(tmp_path: Path) -> None:
+    """The real (no DESTDIR) install: systemd-sysusers really creates the user, the config
+    folder and file get the service group, the ping sysctl is applied before systemd is
+    reloaded and the unit enabled. With the config still the shipped example (which would
+    drive pins 17/22/23/27) the service is NOT started and the output says why. Once the
+    operator has edited it, the next run starts it; a run with a broken config keeps the
+    operator's file, does not restart the service and exits 2."""
+    box = run_sandboxed(tmp_path, "first edit second break third")
+    first = box.output("first")
+    assert box.status("first") == 0, first
+    assert box.calls["first"] == [
         f"sysctl -q -p /etc/sysctl.d/60-{NAME}-ping.conf",
         "systemctl daemon-reload",
         f"systemctl enable {NAME}.service",
-        f"systemctl is-active --quiet {NAME}.service",
-        f"systemctl start {NAME}.service",
     ], first
-    passwd = (out / "passwd").read_text().split(":")
+    assert "NOT started" in first
+    assert "still the example" in first
+    passwd = (box.out / "passwd").read_text().split(":")
     assert passwd[0] == NAME
     assert passwd[6].strip() == "/usr/sbin/nologin"
-    assert (out / "stat").read_text().splitlines() == [f"750 {NAME}", f"640 {NAME}"]
+    assert (box.out / "stat").read_text().splitlines() == [f"750 {NAME}", f"640 {NAME}"]
 
-    second = (out / "second.out").read_text()
-    assert (out / "second.rc").read_text().strip() == "2", second
-    assert "no_such_section" in second
-    assert "was not (re)started" in second
-    assert not any(" start " in c or " restart " in c for c in calls[1].splitlines()), calls[1]
-    config = tmp_path / "upper" / "_etc" / NAME / "config.toml"
+    second = box.output("second")
+    assert box.status("second") == 0, second
+    assert box.calls["second"][-2:] == [
+        f"systemctl is-active --quiet {NAME}.service",
+        f"systemctl start {NAME}.service",
+    ], second
+    assert "running; follow it with" in second
+
+    third = box.output("third")
+    assert box.status("third") == 2, third
+    assert "no_such_section" in third
+    assert "was not (re)started" in third
+    assert not any(" start " in c or " restart " in c for c in box.calls["third"]), box.calls
+    config = box.upper / "_etc" / NAME / "config.toml"
     assert config.read_text(encoding="utf-8").endswith("[no_such_section]\nkey = 1\n")
+
+
+def test_real_install_refuses_without_systemd_and_changes_nothing(tmp_path: Path) -> None:
+    """Where systemd is not PID 1 (a container, a chroot) the real install stops in its
+    pre-flight with a message that points to ``--image``, before any change: no user, no
+    file under /etc, /opt or /usr/local, no systemctl, sysctl or apt-get call."""
+    box = run_sandboxed(tmp_path, "first", systemd_running=False)
+    output = box.output("first")
+    assert box.status("first") == 1, output
+    assert "systemd is not running" in output
+    assert "--image" in output
+    assert box.calls["first"] == []
+    assert box.written() == []
+
+
+def test_image_install_enables_the_service_and_starts_nothing(tmp_path: Path) -> None:
+    """``--image`` (a chroot or image build, no running systemd): the user, the files and
+    the [Install] links are made, but nothing is applied or started: the one systemctl
+    call is ``enable``; no sysctl, no daemon-reload, no start. It still prints where the
+    web UI and the setup code will be."""
+    box = run_sandboxed(tmp_path, "first edit second", systemd_running=False, args="--image")
+    for step in ("first", "second"):
+        output = box.output(step)
+        assert box.status(step) == 0, output
+        assert box.calls[step] == [f"systemctl enable {NAME}.service"], output
+        assert "image mode: enabled, not started" in output
+        assert "web.setup_code" in output
+    assert (box.out / "passwd").read_text().startswith(f"{NAME}:")
+    assert f"_etc/systemd/system/{NAME}.service" in box.written()
 
 
 @pytest.mark.slow
@@ -469,3 +701,34 @@ def test_full_staged_install_builds_a_venv_that_systemd_accepts(installer: Insta
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert (verify.stdout + verify.stderr).strip() == "", verify.stdout + verify.stderr
     assert (installer.destdir / "etc" / "systemd" / "system" / UNIT_NAME).exists()
+
+
+def test_pi_check_is_its_own_target_and_refuses_bad_settings_first() -> None:
+    """``make pi-check`` is separate from ``make test`` (it takes minutes under
+    emulation), and a mistyped argument or suite is refused before it installs,
+    mounts or downloads anything."""
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    test_rule = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "pi-check" not in test_rule
+    assert "\npi-check:\n\t@bash scripts/pi-check\n" in makefile
+    script = REPO / "scripts" / "pi-check"
+    for args, env, message in (
+        (["--frobnicate"], {}, "unknown argument"),
+        ([], {"PI_SUITE": "../etc"}, "PI_SUITE must be a Debian suite name"),
+    ):
+        result = subprocess.run(
+            ["bash", str(script), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert message in result.stderr
+        assert "==" not in result.stdout  # no phase began
+    usage = subprocess.run(
+        ["bash", str(script), "--help"], check=False, capture_output=True, text=True
+    )
+    assert usage.returncode == 0
+    assert "PI_SUITE" in usage.stdout
