@@ -19,7 +19,10 @@ from gateway.config import load_settings
 from gateway.errors import ConfigError
 from gateway.web.auth import PasswordError, PasswordFile
 
-__all__ = ["DEFAULT_CONFIG", "run"]
+__all__ = ["DEFAULT_CONFIG", "EXIT_REFUSED", "run"]
+
+EXIT_REFUSED = 4
+"""The password was refused (too short, the two entries differ); nothing changed."""
 
 DEFAULT_CONFIG = Path("/etc/village-gateway/config.toml")
 """Where install.sh puts the configuration (the unit's ``--config``)."""
@@ -38,7 +41,11 @@ def _read_password() -> str | None:
 
 
 def run(config: Path | None) -> int:
-    """Exit 0 when stored; 2 for a configuration problem; 1 for a refused password."""
+    """Exit 0 when stored; 2 for a configuration problem; 4 for a refused password.
+
+    4 is what ``send`` answers for a command that was not done: refused, as here. 1 stays
+    a crash, for every command (README, "Exit statuses").
+    """
     path = config if config is not None else DEFAULT_CONFIG
     try:
         settings = load_settings(path)
@@ -55,13 +62,13 @@ def run(config: Path | None) -> int:
         return 2
     password = _read_password()
     if password is None:
-        return 1
+        return EXIT_REFUSED
     target = PasswordFile(state_dir)
     try:
         target.write(password)
     except PasswordError as exc:
         print(f"village-gateway: {exc}; nothing changed", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     except OSError as exc:
         print(f"village-gateway: cannot write {target.path}: {exc}", file=sys.stderr)
         return 2
