@@ -17,6 +17,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.component import Backoff, Health
 from gateway.config import Settings, load_settings
@@ -25,7 +26,7 @@ from gateway.outbox import Outbox
 from gateway.schemas import Batch as BatchSchema
 from gateway.schemas import OfflineStatus, OnlineStatus
 from gateway.state import StateStore
-from gateway.uplink.link import Link, TokenBucket, full_jitter
+from gateway.uplink.link import Link, TokenBucket, connection_lost, full_jitter
 from tests.conftest import REPO, Broker, ConfigFile, Daemon, clean_env
 from tests.test_app import running, wait_for
 
@@ -351,3 +352,18 @@ async def test_kill_9_leaves_online_false_within_1_5_keepalive(
         await wait_for(lambda: seen.on("/status")[-1].get("online") is True, 15)
         assert seen.on("/status")[-1]["boot_count"] == 2
         assert restarted.stop()[0] == 0
+
+
+def test_a_lost_connection_is_found_among_other_errors_of_the_session() -> None:
+    """The broker went away: one task saw the MqttError, another failed differently at
+    the same moment. The link must still see a lost connection (and reconnect), not a
+    crash; a group without an MqttError is not one."""
+    lost = aiomqtt.MqttError("Disconnected during message iteration")
+    group = BaseExceptionGroup(
+        "session", [RuntimeError("ack on a dead client"), ExceptionGroup("drain", [lost])]
+    )
+    with capture_logs() as logs:
+        assert connection_lost(group) is lost
+    assert [line["event"] for line in logs] == ["link.error_with_lost_connection"]
+    assert "RuntimeError: ack on a dead client" in str(logs[0]["error"])
+    assert connection_lost(ExceptionGroup("bug", [ValueError("x")])) is None

@@ -18,7 +18,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ from gateway.outbox import DELIVERY_ORDER, Batch, Outbox, Stream
 from gateway.state import StateStore
 from gateway.uplink.client import Topics, acknowledge, describe_error, make_client
 
-__all__ = ["CommandHandler", "Link", "LinkStats", "TokenBucket", "full_jitter"]
+__all__ = ["CommandHandler", "Link", "LinkStats", "TokenBucket", "connection_lost", "full_jitter"]
 
 _log = get_logger("link")
 
@@ -108,12 +108,31 @@ class LinkStats:
         }
 
 
-def _first_leaf(group: BaseExceptionGroup[aiomqtt.MqttError]) -> aiomqtt.MqttError:
-    """The first MqttError inside (possibly nested) task-group errors."""
-    first = group.exceptions[0]
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
+def connection_lost(group: BaseExceptionGroup[BaseException]) -> aiomqtt.MqttError | None:
+    """The first MqttError in a session's task-group errors (nested too), or None.
+
+    Whatever else the group holds is logged: it happened as the connection went, and
+    reconnecting is still the answer, but it must not pass unseen.
+    """
+    lost, others = group.split(aiomqtt.MqttError)
+    if lost is None:
+        return None
+    if others is not None:
+        for error in _leaves(others):
+            _log.warning(
+                "link.error_with_lost_connection", error=f"{type(error).__name__}: {error}"
+            )
+    first = next(_leaves(lost))
+    assert isinstance(first, aiomqtt.MqttError)  # noqa: S101 - split() kept only these
     return first
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error
 
 
 def full_jitter(failures: int, *, cap_s: float, rng: random.Random) -> float:
@@ -282,8 +301,15 @@ class Link(Component):
                     group.create_task(self._receive(client))
                     group.create_task(self._publish_state(client))
                     group.create_task(self._drain(client))
-            except* aiomqtt.MqttError as errors:
-                raise _first_leaf(errors) from None
+            except BaseExceptionGroup as errors:
+                # A lost broker surfaces as an MqttError in one task while another may
+                # fail differently on the dead client at the same moment; raised from an
+                # ``except*`` the MqttError would come out wrapped with that one, and the
+                # link would crash instead of reconnecting. The others are logged.
+                lost = connection_lost(errors)
+                if lost is None:
+                    raise
+                raise lost from None
             finally:
                 self._client = None
 
