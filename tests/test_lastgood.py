@@ -75,6 +75,12 @@ def relays_follow_schedule(body: dict[str, Any]) -> bool:
     return relays.get("yard", {}).get("on") is True and relays.get("porch", {}).get("on") is False
 
 
+def settled(body: dict[str, Any]) -> bool:
+    """Relays on their schedule, and the system snapshot published (the web state has a
+    component's key only once it has one, a moment after start)."""
+    return relays_follow_schedule(body) and "system" in body
+
+
 def events(state_dir: Path) -> list[dict[str, Any]]:
     """Every event in the outbox, read with the daemon stopped."""
 
@@ -109,7 +115,7 @@ def test_a_damaged_config_runs_on_the_last_good_one(
     args = ("--config", str(config_file.path))
     first = start_daemon(*args, web_port=config_file.web_port)
     first.wait_healthy()
-    wait_for(first, relays_follow_schedule)
+    wait_for(first, settled)
     assert state(first)["system"]["config_status"] == "ok"
     assert first.stop()[0] == 0
     copy = recall(config_file.state_dir)
@@ -120,7 +126,7 @@ def test_a_damaged_config_runs_on_the_last_good_one(
     config_file.path.write_text(damage(good), encoding="utf-8")
     second = start_daemon(*args, web_port=config_file.web_port)
     second.wait_healthy()
-    wait_for(second, relays_follow_schedule)
+    wait_for(second, settled)
     system = state(second)["system"]
     assert system["config_status"] == "last_good"
     problems = {problem["key"]: problem["message"] for problem in system["config_problems"]}
