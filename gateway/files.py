@@ -16,14 +16,21 @@ from pathlib import Path
 __all__ = ["LatestWriter", "write_atomic"]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` (UTF-8), crash- and power-cut-safe."""
+def write_atomic(path: Path, text: str, *, private: bool = False) -> None:
+    """Replace ``path`` with ``text`` (UTF-8), crash- and power-cut-safe.
+
+    ``private``: the file is mode 0600 from its first byte (a password hash, session
+    hashes), also when an older temp file with another mode was left behind.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
+    with open(fd, "w", encoding="utf-8") as handle:
+        if private:
+            os.fchmod(fd, 0o600)
         handle.write(text)
         handle.flush()
-        os.fsync(handle.fileno())
+        os.fsync(fd)
     tmp.replace(path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:

@@ -16,7 +16,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from gateway.files import write_atomic
 from gateway.log import get_logger
 from gateway.web.ratelimit import LoginLimiter
 from gateway.web.sessions import SESSIONS_FILE, SessionStore
@@ -159,22 +159,7 @@ class PasswordFile:
     def write(self, password: str) -> None:
         """Hash and store ``password``: temp file 0600, fsync, rename, fsync the folder."""
         check_new_password(password)
-        encoded = hash_password(password)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # an older temp file may have had another mode
-            os.write(fd, f"{encoded}\n".encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(self.path)
-        folder = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        write_atomic(self.path, f"{hash_password(password)}\n", private=True)
 
 
 class Access:

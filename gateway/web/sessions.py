@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import time
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.files import write_atomic
 from gateway.log import get_logger
 
 __all__ = [
@@ -241,7 +241,9 @@ class SessionStore:
         if self._path is None:
             return
         try:
-            _write_atomic(self._path, json.dumps(self._document(), separators=(",", ":")))
+            write_atomic(
+                self._path, json.dumps(self._document(), separators=(",", ":")), private=True
+            )
         except OSError as exc:
             _log.error("web.sessions_not_saved", path=str(self._path), error=str(exc))
 
@@ -295,22 +297,3 @@ def _parse(document: object) -> tuple[list[Session], dict[str, tuple[str, float]
         if isinstance(key, str) and isinstance(reason, str) and isinstance(at, (int, float)):
             ended[key] = (reason[:32], float(at))
     return sessions, ended
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Temp file 0600, fsync, rename over ``path``, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
