@@ -31,6 +31,15 @@ def healthz(port: int) -> int:
         return 0
 
 
+def link_connected(port: int) -> bool:
+    """True once the daemon's /metrics says its link is connected to the broker."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            return "vg_link_connected 1.0" in r.read().decode()
+    except OSError:
+        return False
+
+
 def listening(port: int) -> bool:
     """True when something accepts connections on 127.0.0.1:port."""
     try:
@@ -84,7 +93,7 @@ def test_make_run_starts_the_demo_with_a_local_broker(tmp_path: Path) -> None:
 
 
 def run_demo(env: dict[str, str], web_port: int) -> str:
-    """`make run` until healthy, then Ctrl-C; returns everything it printed."""
+    """`make run` until healthy and connected, then Ctrl-C; returns everything it printed."""
     process = subprocess.Popen(
         ["make", "--no-print-directory", "run"],
         cwd=REPO,
@@ -96,9 +105,11 @@ def run_demo(env: dict[str, str], web_port: int) -> str:
     )
     try:
         deadline = time.monotonic() + 120
-        while healthz(web_port) != 200:
+        # Healthy, and connected: Ctrl-C before the link's first connection would stop
+        # a demo that never dialled its broker.
+        while healthz(web_port) != 200 or not link_connected(web_port):
             assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "demo never became healthy"
+            assert time.monotonic() < deadline, "demo never became healthy and connected"
             time.sleep(0.1)
         os.killpg(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=10)
