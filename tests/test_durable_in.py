@@ -24,6 +24,7 @@ from tests.test_link import settings_for, subscriber
 pytestmark = pytest.mark.slow
 
 COMMANDS = 1500
+CRASH_AFTER = 100  # replies seen before the stop
 FINAL = {"done", "rejected", "failed", "expired", "duplicate"}
 
 
@@ -44,7 +45,7 @@ async def test_every_acknowledged_command_gets_exactly_one_final_reply(
     start_daemon: Callable[..., Daemon],
     stop: signal.Signals,
 ) -> None:
-    """Queue 1,500 commands, stop the gateway 0.7 s into them, start it again: each
+    """Queue 1,500 commands, stop the gateway after its first 100 replies, start it again: each
     command id gets exactly one final reply, none is lost."""
     _, gateway = settings_for(config_file, broker)
     config_file.path.write_text(
@@ -58,18 +59,29 @@ async def test_every_acknowledged_command_gets_exactly_one_final_reply(
     topic = f"vg/v1/{gateway}/cmd"
     async with subscriber(broker, f"vg/v1/{gateway}/reply") as seen:
         async with aiomqtt.Client(broker.host, broker.port, identifier="commune-q") as commune:
-            for first in range(0, COMMANDS, 100):
-                await asyncio.gather(
-                    *(
-                        commune.publish(topic, _command(n), qos=1)
-                        for n in range(first, min(first + 100, COMMANDS))
+
+            async def queue_all() -> None:
+                for first in range(0, COMMANDS, 100):
+                    await asyncio.gather(
+                        *(
+                            commune.publish(topic, _command(n), qos=1)
+                            for n in range(first, min(first + 100, COMMANDS))
+                        )
                     )
-                )
-        # The broker holds them all now; the gateway works through them.
-        await asyncio.sleep(0.7)  # the moment of the crash, not a synchronisation
-        answered_before = len(seen.on("/reply"))
-        daemon.signal(stop)
-        daemon.process.wait(timeout=15)
+
+            publishing = asyncio.create_task(queue_all())
+            # The crash comes while the gateway is in the middle of the work: once it
+            # has answered a few, whether or not the commune has finished queueing
+            # (the broker keeps the rest for the gateway's persistent session).
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if len(seen.on("/reply")) >= CRASH_AFTER:
+                    break
+                await asyncio.sleep(0.005)
+            answered_before = len(seen.on("/reply"))
+            daemon.signal(stop)
+            daemon.process.wait(timeout=15)
+            await publishing
         assert answered_before < COMMANDS, "the gateway finished before the stop: no test"
         restarted = start_daemon(*args, web_port=config_file.web_port)
         restarted.wait_healthy(within_s=30)
