@@ -35,7 +35,8 @@ from bench.rig import rig, switching
 from gateway.uplink.client import TCP_NODELAY_OPTION, Topics
 from tests.conftest import Broker
 
-COMMANDS = 1_000
+COMMANDS = int(os.environ.get("BENCH_COMMANDS", "1000"))
+"""``BENCH_COMMANDS`` lengthens the run, e.g. to attach a profiler to the daemon; quote 1,000."""
 NO_OP_COMMANDS = 500
 """The no-op line is a side figure: half as many, in rounds of ``ROUND`` as well."""
 ROUND = 50

@@ -234,6 +234,43 @@ async def test_round_trip_on_a_nodelay_socket(broker: Broker, protocol: str) -> 
     assert message.qos == 1
 
 
+async def test_publishes_from_one_round_all_arrive_in_order(broker: Broker) -> None:
+    """Two hundred publishes queued in one round of the event loop leave together, in
+    the order they were made, and each is acknowledged (the client sends from the loop's
+    next round instead of registering a writer per packet)."""
+    topic = f"test/{unique('burst')}"
+    async with make_client(section(broker.port), identifier=unique("burst")) as client:
+        await client.subscribe(topic, qos=1)
+        messages = aiter(client.messages)
+        async with asyncio.timeout(20):
+            await asyncio.gather(
+                *(client.publish(topic, str(n).encode(), qos=1) for n in range(200))
+            )
+            received = [(await anext(messages)).payload for _ in range(200)]
+    assert received == [str(n).encode() for n in range(200)]
+
+
+async def test_a_publish_larger_than_the_socket_buffer_arrives_whole(broker: Broker) -> None:
+    """A 12 MB message does not fit the socket's send buffer in one go: what the first
+    send leaves over is sent once the socket can take it, and the message arrives whole
+    while the loop stays free for a small one published right behind it."""
+    topic = f"test/{unique('large')}"
+    large = bytes(range(256)) * (12 * 4096)
+    async with make_client(section(broker.port), identifier=unique("large")) as client:
+        sock = client._client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < len(large)
+        await client.subscribe(topic, qos=1)
+        messages = aiter(client.messages)
+        async with asyncio.timeout(30):
+            await asyncio.gather(
+                client.publish(topic, large, qos=1), client.publish(topic, b"after", qos=1)
+            )
+            first, second = await anext(messages), await anext(messages)
+    assert first.payload == large
+    assert second.payload == b"after"
+
+
 async def test_round_trips_do_not_wait_for_delayed_acks(broker: Broker) -> None:
     """Fifty QoS 1 publish-and-receive round trips take well under 20 ms each (median).
     Without TCP_NODELAY each one waits for the broker's delayed ACK, about 40 ms on

@@ -11,6 +11,7 @@ of PROTOCOL.md so no other module assembles them by hand.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import functools
 import re
@@ -19,9 +20,10 @@ import ssl
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiomqtt
+from paho.mqtt.client import Client as PahoClient
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -30,6 +32,9 @@ from pydantic import ValidationError
 
 from gateway.config import MqttSection
 from gateway.errors import ConfigError, ConfigProblem
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import SocketLike
 
 __all__ = [
     "TCP_NODELAY_OPTION",
@@ -118,7 +123,46 @@ def make_client(
         # aiomqtt has no API for this yet (its issue #345); paho 2 has, on the client
         # aiomqtt wraps. docs/architecture.md says why we reach past aiomqtt here.
         made._client.manual_ack_set(True)
+    _write_from_the_loop(made)
     return made
+
+
+def _write_from_the_loop(made: aiomqtt.Client) -> None:
+    """Send what paho queues on the event loop's thread in the loop's next round.
+
+    aiomqtt asks the loop to watch the socket for writability whenever paho has a packet
+    to send, through ``call_soon_threadsafe`` (paho may call it from the thread aiomqtt
+    connects in): per packet a wake-up byte through the loop's self-pipe, two
+    ``epoll_ctl`` and a round of the loop that only learns the socket is writable, which
+    it nearly always is. On the loop's own thread this sends at the next round instead.
+    A packet the socket does not take whole (a full send buffer), an error, and every call
+    from another thread go the aiomqtt way: the writer it registers finishes the send, or
+    reports the broken connection as aiomqtt always does. paho calls this once per run of
+    queued packets (until it calls the unregister callback), so one round sends them all.
+    """
+    paho = made._client
+    register_with_aiomqtt = paho.on_socket_register_write
+    if register_with_aiomqtt is None:  # not an aiomqtt we know; leave it be
+        return
+
+    def write_now(client: PahoClient, userdata: object, sock: SocketLike) -> None:
+        try:
+            client.loop_write()
+        except Exception:  # aiomqtt's writer meets it again and reports it
+            register_with_aiomqtt(client, userdata, sock)
+            return
+        if client.want_write():
+            register_with_aiomqtt(client, userdata, sock)
+
+    def register_write(client: PahoClient, userdata: object, sock: SocketLike) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # aiomqtt's connect thread
+            register_with_aiomqtt(client, userdata, sock)
+            return
+        loop.call_soon(write_now, client, userdata, sock)
+
+    paho.on_socket_register_write = register_write
 
 
 def mqtt_problems(mqtt: MqttSection) -> list[ConfigProblem]:
