@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.outbox import Batch, Outbox, Stream
 
@@ -249,6 +250,37 @@ async def test_append_now_commits_at_once_in_the_writer_thread(tmp_path: Path) -
     assert loop_thread not in committed_in
     assert [r["id"] for r in await drain(outbox, "replies")] == ["c-1"]
     assert [r["type"] for r in await drain(outbox, "events")] == ["command"]
+    await outbox.close()
+
+
+async def test_after_commit_runs_in_the_writer_once_the_records_are_readable(
+    tmp_path: Path,
+) -> None:
+    """``after_commit`` (the command journal forgetting an answered command) runs in the
+    writer thread, after the records are committed and the loop told, before the
+    writer's next commit; one that raises is logged and the writer goes on."""
+    outbox = await Outbox.open(tmp_path, commit_window_s=5.0)
+    seen: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def follow_up() -> None:
+        seen.append((threading.get_ident(), outbox.stats().commits))
+        done.set()
+
+    def broken() -> None:
+        raise RuntimeError("a bug in the follow-up")
+
+    with capture_logs() as captured:
+        assert await outbox.append_now([("replies", {"id": "c-1"})], after_commit=broken) == [1]
+        assert await outbox.append_now([("replies", {"id": "c-2"})], after_commit=follow_up) == [2]
+        assert await asyncio.to_thread(done.wait, 5)
+    ((thread, commits),) = seen
+    assert thread != threading.get_ident()
+    assert commits == 2, "called after its own commit, before any later one"
+    assert [r["id"] for r in await drain(outbox, "replies")] == ["c-1", "c-2"]
+    failures = [line for line in captured if line["event"] == "outbox.after_commit_failed"]
+    assert failures
+    assert "a bug in the follow-up" in failures[0]["error"]
     await outbox.close()
 
 

@@ -301,6 +301,7 @@ class Outbox:
         records: Sequence[tuple[Stream, dict[str, Any]]],
         *,
         on_stored: Callable[[int], None] | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> asyncio.Future[list[int]]:
         """Store ``records`` in one transaction, at once; the future gives their seqs
         once committed.
@@ -311,6 +312,10 @@ class Outbox:
         disk), older waiting records first. Raises ValueError for a record too large and
         RuntimeError once closed. ``on_stored`` is called in the event loop with the last
         record's seq once committed, before any reader can see the records.
+        ``after_commit`` is called in the writer thread once they are committed and the
+        loop told, before the writer's next commit: for bookkeeping that must come before
+        the records can be purged (a purge needs their delivery, acknowledged in a later
+        commit) but must not delay their delivery. It must be quick and must not raise.
         """
         loop = asyncio.get_running_loop()
         last = len(records) - 1
@@ -320,6 +325,7 @@ class Outbox:
         ]
         if ops:
             ops[-1].on_stored = on_stored
+            ops[-1].after_commit = after_commit
         self._pending.add_many(ops)
         return asyncio.gather(*(op.waiter for op in ops if op.waiter is not None))
 
@@ -367,13 +373,24 @@ class Outbox:
                 self._pending.wait_until_due()
                 ops, acks = self._pending.take()
                 if ops or acks:
-                    self._notify(self._commit(conn, ops, acks))
+                    assigned = self._commit(conn, ops, acks)
+                    self._notify(assigned)
+                    self._after_commit(assigned)
                 if self._pending.stopping and self._pending.empty():
                     break
         finally:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.close()
+
+    def _after_commit(self, assigned: Assigned) -> None:
+        """From the writer thread, after telling the loop: the appends' own follow-up."""
+        for op, seq in assigned:
+            if seq >= 0 and op.after_commit is not None:
+                try:
+                    op.after_commit()
+                except Exception as exc:  # a bug there must not stop the writer
+                    _log.error("outbox.after_commit_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _notify(self, assigned: Assigned) -> None:
         """From the writer thread: one wake-up of the event loop for a whole commit."""
@@ -625,13 +642,22 @@ class Outbox:
     # -- reading for the uplink -------------------------------------------------------
 
     def _committed(self, assigned: Assigned) -> None:
-        """In the event loop, after a commit: resolve the appends' waiters (a seq below
-        zero means the commit failed) and wake the readers if records were added."""
+        """In the event loop, after a commit: wake the readers if records were added,
+        then resolve the appends' waiters (a seq below zero means the commit failed).
+
+        The readers first: the uplink's publisher then runs before what the appenders do
+        next, and a command's reply leaves before the command's own bookkeeping.
+        """
         added = False
         for op, seq in assigned:
-            added = added or seq >= 0
-            if op.on_stored is not None and seq >= 0:
-                op.on_stored(seq)
+            if seq >= 0:
+                added = True
+                if op.on_stored is not None:
+                    op.on_stored(seq)
+        self._show_fresh()
+        if added:
+            self._bump_version()
+        for op, seq in assigned:
             future = op.waiter
             if future is None or future.done():
                 continue
@@ -639,6 +665,9 @@ class Outbox:
                 future.set_exception(OSError("the outbox could not commit the record"))
             else:
                 future.set_result(seq)
+
+    def _show_fresh(self) -> None:
+        """Make the records committed since the last call readable from the tails."""
         with self._fresh_lock:
             fresh, self._fresh = self._fresh, []
         for rows, dropped in fresh:
@@ -649,8 +678,6 @@ class Outbox:
                     self._tails[stream].extend(stream_rows)
                 if stream_rows:
                     self._visible[stream] = max(self._visible[stream], stream_rows[-1][0])
-        if added:
-            self._bump_version()
 
     def _bump_version(self) -> None:
         self.version += 1

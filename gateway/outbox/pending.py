@@ -30,6 +30,9 @@ class Append:
     """Resolved in the event loop with the record's seq once it is committed."""
     on_stored: Callable[[int], None] | None = None
     """Called in the event loop with the record's seq once it is committed."""
+    after_commit: Callable[[], None] | None = None
+    """Called in the writer thread once the record is committed and the event loop told,
+    before the writer's next commit (which may purge the record once delivered)."""
 
 
 @dataclass(slots=True)

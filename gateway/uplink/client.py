@@ -128,22 +128,26 @@ def make_client(
 
 
 def _write_from_the_loop(made: aiomqtt.Client) -> None:
-    """Send what paho queues on the event loop's thread in the loop's next round.
+    """Send what paho queues on the event loop's thread at once.
 
     aiomqtt asks the loop to watch the socket for writability whenever paho has a packet
     to send, through ``call_soon_threadsafe`` (paho may call it from the thread aiomqtt
     connects in): per packet a wake-up byte through the loop's self-pipe, two
     ``epoll_ctl`` and a round of the loop that only learns the socket is writable, which
-    it nearly always is. On the loop's own thread this sends at the next round instead.
-    A packet the socket does not take whole (a full send buffer), an error, and every call
-    from another thread go the aiomqtt way: the writer it registers finishes the send, or
-    reports the broken connection as aiomqtt always does. paho calls this once per run of
-    queued packets (until it calls the unregister callback), so one round sends them all.
+    it nearly always is. A command's reply would wait for that round behind whatever
+    else the loop has queued. On the loop's own thread this sends at once instead, as
+    paho itself does when no outside loop drives it, and with paho's own guard: not from
+    inside one of paho's callbacks (its callback lock is held there), then in the loop's
+    next round. A packet the socket does not take whole (a full send buffer), an error,
+    and every call from another thread go the aiomqtt way: the writer it registers
+    finishes the send, or reports the broken connection as aiomqtt always does. paho
+    calls this once per run of queued packets (until it calls the unregister callback).
     """
     paho = made._client
     register_with_aiomqtt = paho.on_socket_register_write
     if register_with_aiomqtt is None:  # not an aiomqtt we know; leave it be
         return
+    in_callback = paho._in_callback_mutex
 
     def write_now(client: PahoClient, userdata: object, sock: SocketLike) -> None:
         try:
@@ -160,7 +164,11 @@ def _write_from_the_loop(made: aiomqtt.Client) -> None:
         except RuntimeError:  # aiomqtt's connect thread
             register_with_aiomqtt(client, userdata, sock)
             return
-        loop.call_soon(write_now, client, userdata, sock)
+        if in_callback.acquire(blocking=False):
+            in_callback.release()
+            write_now(client, userdata, sock)
+        else:
+            loop.call_soon(write_now, client, userdata, sock)
 
     paho.on_socket_register_write = register_write
 
