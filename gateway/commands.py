@@ -12,12 +12,14 @@ Every command is logged as an event, whoever sent it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import re
 import sqlite3
+import threading
 import time
 import uuid
 import zoneinfo
@@ -39,7 +41,7 @@ from pydantic import (
 from gateway.clock import now_iso
 from gateway.errors import ConfigError, GatewayError
 from gateway.events import EventHub
-from gateway.log import get_logger, is_enabled
+from gateway.log import HeldLines, get_logger, holding_lines, is_enabled
 from gateway.outbox import Outbox, Stream, encode_record
 
 __all__ = [
@@ -328,11 +330,16 @@ class _Journal:
     fsync (tens of microseconds, on the event loop); it survives any crash of the process,
     and only a power cut in the instant after may forget it. Checkpoints, which do fsync,
     run in a thread (``wal_autocheckpoint`` is off on the loop's connection).
+
+    :meth:`answered` runs in the outbox's writer thread, on the loop's connection: a
+    second connection would contend for SQLite's write lock, whose busy handler sleeps
+    for a millisecond or more; the lock here holds the loop for one short UPDATE at most.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn = self._connect()
+        self._lock = threading.Lock()
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._conn.executescript(
             """
@@ -350,6 +357,7 @@ class _Journal:
             self._conn.execute("INSERT OR IGNORE INTO claims (id, at) SELECT id, at FROM seen")
             self._conn.execute("DROP TABLE seen")
         self._added = 0
+        self._closed = False
         self._upkeep: asyncio.Task[None] | None = None
 
     def _connect(self) -> sqlite3.Connection:
@@ -362,11 +370,12 @@ class _Journal:
     def claim(self, claim: _Claim, now: float) -> bool:
         """Record the id (and, if durable, the command); False if it was there already."""
         try:
-            self._conn.execute(
-                "INSERT INTO claims (id, at, digest, source, reply_up, command) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (claim.id, now, claim.digest, claim.source, claim.reply_up, claim.payload),
-            )
+            with self._lock:
+                self._conn.execute(
+                    "INSERT INTO claims (id, at, digest, source, reply_up, command) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (claim.id, now, claim.digest, claim.source, claim.reply_up, claim.payload),
+                )
         except sqlite3.IntegrityError:
             return False
         self._added += 1
@@ -379,19 +388,27 @@ class _Journal:
     def digest_of(self, command_id: str) -> str | None:
         """The sha256 of the bytes claimed under ``command_id`` (None: never claimed, or
         claimed before digests were kept)."""
-        row = self._conn.execute("SELECT digest FROM claims WHERE id = ?", (command_id,)).fetchone()
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT digest FROM claims WHERE id = ?", (command_id,)
+            ).fetchone()
         return None if row is None else row[0]
 
     def answered(self, command_id: str) -> None:
-        """The command's reply is stored: forget its payload."""
-        self._conn.execute("UPDATE claims SET command = NULL WHERE id = ?", (command_id,))
+        """The command's reply is stored: forget its payload. From any thread; after
+        :meth:`close` it does nothing (the next start finds the reply and closes it)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._conn.execute("UPDATE claims SET command = NULL WHERE id = ?", (command_id,))
 
     def open_claims(self) -> list[_Claim]:
         """Commands claimed durably and never answered, oldest first."""
-        rows = self._conn.execute(
-            "SELECT id, digest, source, reply_up, command FROM claims "
-            "WHERE command IS NOT NULL ORDER BY at, rowid"
-        ).fetchall()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, digest, source, reply_up, command FROM claims "
+                "WHERE command IS NOT NULL ORDER BY at, rowid"
+            ).fetchall()
         return [_Claim(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
 
     def _prune(self, now: float) -> None:
@@ -410,7 +427,9 @@ class _Journal:
         """Close the database."""
         if self._upkeep is not None:
             self._upkeep.cancel()
-        self._conn.close()
+        with self._lock:
+            self._closed = True
+            self._conn.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -685,11 +704,11 @@ class Dispatcher:
         if lane is not None:
             await lane.acquire()
         try:
-            with self._events.collecting() as events:
+            with self._events.collecting() as events, holding_lines() as lines:
                 reply, job = await self._run(command, args, source)
             # Queued for the commit while still in the lane: replies of one lane are
             # stored, and so published, in the order the commands came.
-            stored = self._store(reply, command.type, source, reply_up, started, events)
+            stored = self._store(reply, command.type, source, reply_up, started, events, lines)
         finally:
             if lane is not None:
                 lane.release()
@@ -701,7 +720,7 @@ class Dispatcher:
     async def _finish_job(
         self, command: Command, job: LongJob, source: Source, reply_up: bool, started: float
     ) -> Reply:
-        with self._events.collecting() as events:
+        with self._events.collecting() as events, holding_lines() as lines:
             try:
                 result = await job.work
             except CommandError as exc:
@@ -715,7 +734,7 @@ class Dispatcher:
                 )
             else:
                 reply = Reply(command.id, "done", result)
-        await self._store(reply, command.type, source, reply_up, started, events)
+        await self._store(reply, command.type, source, reply_up, started, events, lines)
         return reply
 
     def _lane(self, name: str | None) -> asyncio.Lock | None:
@@ -768,7 +787,7 @@ class Dispatcher:
         reply_up: bool,
         started: float,
     ) -> asyncio.Future[Reply]:
-        stored = self._store(reply, command_type, source, reply_up, started, [])
+        stored = self._store(reply, command_type, source, reply_up, started, [], HeldLines())
         return asyncio.ensure_future(_after(stored, reply))
 
     def _store(  # noqa: PLR0917 - one command's facts, in the order they are known
@@ -779,9 +798,14 @@ class Dispatcher:
         reply_up: bool,
         started: float,
         events: list[dict[str, Any]],
+        lines: HeldLines,
     ) -> Awaitable[None]:
         """Queue the command's event, its handler's events and (``reply_up``) its reply
-        for one commit, at once; the returned awaitable ends once they are stored."""
+        for one commit, at once; the returned awaitable ends once they are stored.
+
+        The log lines of the command (its handler's, held in ``lines``, and its own
+        ``command.handled``) are written after the commit: written now, they would hold
+        the interpreter while the writer thread needs it to start the commit."""
         event = self._event(reply, command_type, source, time.monotonic() - started)
         records: list[tuple[Stream, dict[str, Any]]] = [("events", event)]
         records += [("events", e) for e in events]
@@ -789,34 +813,40 @@ class Dispatcher:
             records.append(("replies", reply.as_dict()))
         answered = None
         if reply_up and reply.id is not None and reply.status != "accepted":
-            reply_id = reply.id
-
-            def answered(seq: int) -> None:
-                # In the loop, before the uplink can see the reply: a crash after its
-                # publish must not run the command again.
-                self._journal.answered(reply_id)
-
+            # The journal forgets the command once its reply is stored, in the writer
+            # thread while the reply is being published: before the reply can be purged
+            # from the outbox (a crash until then finds the reply there and does not run
+            # the command again), and not on the loop before the reply leaves.
+            answered = functools.partial(self._journal.answered, reply.id)
         try:
-            commit = self._outbox.append_now(records, on_stored=answered)
+            commit = self._outbox.append_now(records, after_commit=answered)
         except (RuntimeError, ValueError) as exc:  # closed, or a record too large
+            lines.write()
             _log.error("command.not_stored", id=reply.id, error=str(exc))
             return _done()
-        # Logged once the commit is queued: the line is written while the writer thread
-        # waits for the disk, not before it may start.
         if is_enabled(_COMPONENT, logging.INFO):
-            _log.info("command.handled", **event)
-        return self._stored(commit, reply, [event, *events])
+            lines.add(_log, "command.handled", event)
+        return self._stored(commit, reply, [event, *events], lines)
 
     async def _stored(
-        self, commit: Awaitable[list[int]], reply: Reply, events: list[dict[str, Any]]
+        self,
+        commit: Awaitable[list[int]],
+        reply: Reply,
+        events: list[dict[str, Any]],
+        lines: HeldLines,
     ) -> None:
         try:
             seqs = await commit
         except OSError as exc:
             # What the handler did stands (a relay that switched did switch); only the
             # record of it is missing. The caller still gets the true reply.
+            lines.write()
             _log.error("command.not_stored", id=reply.id, status=reply.status, error=str(exc))
             return
+        except asyncio.CancelledError:
+            lines.write()
+            raise
+        lines.write()
         for event, seq in zip(events, seqs, strict=False):
             self._events.stored(event, seq)
 

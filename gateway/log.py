@@ -23,12 +23,15 @@ and read the pipeline through one list and one output object that
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from datetime import datetime, tzinfo
 from typing import Literal, TextIO
 
@@ -37,9 +40,12 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = [
     "GatewayLogger",
+    "HeldLines",
     "add_component",
     "configure_logging",
     "get_logger",
+    "holding_lines",
+    "info_off_the_hot_path",
     "is_enabled",
     "reset_logging",
     "set_level",
@@ -327,3 +333,64 @@ def get_logger(component: str, **context: object) -> GatewayLogger:
 
 
 _unconfigured()
+
+
+class HeldLines:
+    """INFO lines that a command's hot path asked for, kept until its reply is stored.
+
+    A line is a write to the journal's pipe and some rendering: written while a command
+    runs, it holds the event loop (and the interpreter lock) while the writer thread
+    waits to commit the command's reply. The Dispatcher holds them instead and writes them
+    once the reply is on its way (:meth:`write`).
+    """
+
+    __slots__ = ("_lines", "open")
+
+    def __init__(self) -> None:
+        self._lines: list[tuple[GatewayLogger, str, dict[str, object]]] = []
+        self.open = True
+
+    def add(self, logger: GatewayLogger, event: str, fields: dict[str, object]) -> None:
+        """Keep one INFO line for :meth:`write`."""
+        self._lines.append((logger, event, fields))
+
+    def write(self) -> None:
+        """Write the kept lines, in the order they came."""
+        lines, self._lines = self._lines, []
+        for logger, event, fields in lines:
+            logger.info(event, **fields)
+
+
+_held: ContextVar[HeldLines | None] = ContextVar("held_log_lines", default=None)
+
+
+@contextlib.contextmanager
+def holding_lines() -> Iterator[HeldLines]:
+    """Hold the lines :func:`info_off_the_hot_path` writes in this context (a command's
+    handler) for the caller, who writes them later. Once the block ends it takes no more:
+    a task the handler started logs on its own."""
+    held = HeldLines()
+    token = _held.set(held)
+    try:
+        yield held
+    finally:
+        held.open = False
+        _held.reset(token)
+
+
+def info_off_the_hot_path(logger: GatewayLogger, event: str, **fields: object) -> None:
+    """An INFO line that must not delay what is being done: held for the running
+    command (:func:`holding_lines`), else written once the event loop's current step is
+    over, else (no loop) at once."""
+    if not is_enabled("", logging.INFO):
+        return
+    held = _held.get()
+    if held is not None and held.open:
+        held.add(logger, event, fields)
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        logger.info(event, **fields)
+    else:
+        loop.call_soon(lambda: logger.info(event, **fields))

@@ -4,6 +4,7 @@ no command waits behind another's long work, and what was claimed survives a cra
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from gateway.commands import (
     Source,
 )
 from gateway.events import EventHub
+from gateway.log import configure_logging, get_logger, info_off_the_hot_path
 from gateway.outbox import Outbox, Stream
 
 
@@ -296,6 +298,46 @@ async def test_a_command_claimed_before_a_crash_runs_after_the_restart(rig: Rig)
     rig.dispatcher.close()
     rig.dispatcher = rig.make()
     assert await rig.dispatcher.recover() == 0
+
+
+async def test_an_answered_command_is_forgotten_by_the_journal(rig: Rig) -> None:
+    """Once its reply is stored, a durably claimed command is closed in the journal (by
+    the outbox's writer thread, before its next commit): a restart has nothing to run
+    or to close."""
+    reply = await rig.dispatcher.submit(command(id="j-1"), "mqtt", reply_up=True, durable=True)
+    assert reply.status == "done"
+    await rig.outbox.flush()  # the writer's next turn: the follow-up of j-1's commit is done
+    assert rig.dispatcher._journal.open_claims() == []
+
+
+async def test_a_commands_log_lines_are_written_after_its_reply_is_stored(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lines a command writes (its handler's, then ``command.handled``) wait until its
+    events and reply are committed: written earlier, they would hold the interpreter the
+    writer thread needs to start that commit."""
+    written: list[tuple[str, int]] = []
+
+    class Journal(io.StringIO):
+        def write(self, text: str) -> int:
+            for line in text.splitlines():
+                written.append((json.loads(line)["event"], rig.outbox.stats().commits))
+            return len(text)
+
+    configure_logging(fmt="json", stream=Journal())
+    handler = rig.relay_set
+
+    async def logging_relay_set(args: BaseModel, source: Source) -> dict[str, Any]:
+        result = await handler(args, source)
+        info_off_the_hot_path(get_logger("relays"), "relay.switched", relay="yard")
+        assert written == [], "a line was written while the command ran"
+        return result
+
+    monkeypatch.setitem(rig.dispatcher._handlers, "relay.set", logging_relay_set)
+    commits = rig.outbox.stats().commits
+    reply = await rig.dispatcher.dispatch(command(), "mqtt", reply_up=True)
+    assert reply.status == "done"
+    assert written == [("relay.switched", commits + 1), ("command.handled", commits + 1)]
 
 
 async def test_the_same_message_again_is_not_answered_twice(rig: Rig) -> None:

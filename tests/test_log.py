@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -11,7 +12,14 @@ from datetime import UTC, datetime, timedelta
 
 from structlog.testing import capture_logs
 
-from gateway.log import configure_logging, get_logger, is_enabled, set_level
+from gateway.log import (
+    configure_logging,
+    get_logger,
+    holding_lines,
+    info_off_the_hot_path,
+    is_enabled,
+    set_level,
+)
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -180,3 +188,45 @@ def test_capture_logs_sees_loggers_made_at_import_time() -> None:
             "log_level": "warning",
         }
     ]
+
+
+def test_lines_held_for_a_command_are_written_when_it_says() -> None:
+    """Inside :func:`holding_lines` (a command's handler) a line off the hot path waits
+    until the holder writes it, in order; at WARNING it is not even kept."""
+    stream = io.StringIO()
+    configure_logging(fmt="json", stream=stream)
+    log = get_logger("relays")
+    with holding_lines() as held:
+        info_off_the_hot_path(log, "relay.switched", relay="yard", on=True)
+        info_off_the_hot_path(log, "relay.switched", relay="hall", on=False)
+        assert stream.getvalue() == ""
+    assert stream.getvalue() == ""
+    held.write()
+    assert [(line["event"], line["relay"]) for line in lines(stream)] == [
+        ("relay.switched", "yard"),
+        ("relay.switched", "hall"),
+    ]
+    set_level("WARNING")
+    with holding_lines() as held:
+        info_off_the_hot_path(log, "relay.switched", relay="yard", on=True)
+    held.write()
+    assert len(lines(stream)) == 2
+
+
+async def test_lines_off_the_hot_path_without_a_holder_follow_the_step() -> None:
+    """Without a command holding them (a timer, or a task the handler started after its
+    block ended) the line is written once the loop's current step is over; without a
+    loop, at once."""
+    stream = io.StringIO()
+    configure_logging(fmt="json", stream=stream)
+    log = get_logger("relays")
+    with holding_lines() as held:
+        pass
+    info_off_the_hot_path(log, "relay.switched", relay="yard")
+    assert stream.getvalue() == "", "written before the step ended"
+    await asyncio.sleep(0)
+    assert [line["relay"] for line in lines(stream)] == ["yard"]
+    held.write()
+    assert len(lines(stream)) == 1
+    await asyncio.to_thread(info_off_the_hot_path, log, "relay.switched", relay="hall")
+    assert [line["relay"] for line in lines(stream)] == ["yard", "hall"]

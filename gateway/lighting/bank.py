@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import math
 import sys
@@ -60,7 +59,7 @@ from gateway.component import Component, EventSink, Health
 from gateway.config import RelayConfig
 from gateway.errors import GatewayError
 from gateway.files import LatestWriter
-from gateway.log import get_logger
+from gateway.log import get_logger, info_off_the_hot_path
 from gateway.state import StateStore
 
 __all__ = ["MAX_FOR_S", "RelayBank", "RelayError", "factory_name"]
@@ -76,20 +75,6 @@ _BEAT_S = 5.0
 _EPSILON_S = 1e-3
 
 _log = get_logger("relays")
-
-
-def _log_after_this_step(event: str, **fields: object) -> None:
-    """Log at INFO once the current step of the event loop is over (at once without one).
-
-    A switch is on the command's hot path: its line (a write to the journal's pipe) would
-    otherwise be written before the command's reply is handed to the writer thread.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        _log.info(event, **fields)
-    else:
-        loop.call_soon(functools.partial(_log.info, event, **fields))
 
 
 class RelayError(GatewayError):
@@ -621,8 +606,8 @@ class RelayBank(Component):
             "mode": relay.mode,
         }
         self._pending_events.append(event)
-        _log_after_this_step(
-            "relay.switched", relay=relay.name, on=on, source=relay.source, mode=relay.mode
+        info_off_the_hot_path(
+            _log, "relay.switched", relay=relay.name, on=on, source=relay.source, mode=relay.mode
         )
 
     def _fire_timers(self) -> None:
