@@ -159,6 +159,10 @@ class GatewayLogger(structlog.BoundLoggerBase):
         self._proxy_to_logger("critical", event, **kw)
 
 
+_written_at: ContextVar[float | None] = ContextVar("log_line_written_at", default=None)
+"""The time a held line was asked for; the time stamper uses it instead of now."""
+
+
 class _Timestamper:
     """Stamp ``ts`` in the gateway's time zone, with its offset, to the millisecond.
 
@@ -174,7 +178,7 @@ class _Timestamper:
         self._cache: tuple[int, str, str] = (-1, "", "")
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        now = time.time()
+        now = _written_at.get() or time.time()
         second, head, offset = self._cache
         if int(now) != second:
             second = int(now)
@@ -341,24 +345,29 @@ class HeldLines:
     A line is a write to the journal's pipe and some rendering: written while a command
     runs, it holds the event loop (and the interpreter lock) while the writer thread
     waits to commit the command's reply. The Dispatcher holds them instead and writes them
-    once the reply is on its way (:meth:`write`).
+    once the reply is on its way (:meth:`write`). Each line keeps the time it was asked
+    for as its ``ts`` (a PA command's amplifier switch may be seconds older than its reply).
     """
 
     __slots__ = ("_lines", "open")
 
     def __init__(self) -> None:
-        self._lines: list[tuple[GatewayLogger, str, dict[str, object]]] = []
+        self._lines: list[tuple[float, GatewayLogger, str, dict[str, object]]] = []
         self.open = True
 
     def add(self, logger: GatewayLogger, event: str, fields: dict[str, object]) -> None:
-        """Keep one INFO line for :meth:`write`."""
-        self._lines.append((logger, event, fields))
+        """Keep one INFO line for :meth:`write`, stamped now."""
+        self._lines.append((time.time(), logger, event, fields))
 
     def write(self) -> None:
-        """Write the kept lines, in the order they came."""
+        """Write the kept lines, in the order they came, each with its own time."""
         lines, self._lines = self._lines, []
-        for logger, event, fields in lines:
-            logger.info(event, **fields)
+        for at, logger, event, fields in lines:
+            token = _written_at.set(at)
+            try:
+                logger.info(event, **fields)
+            finally:
+                _written_at.reset(token)
 
 
 _held: ContextVar[HeldLines | None] = ContextVar("held_log_lines", default=None)

@@ -10,6 +10,7 @@ import threading
 import zoneinfo
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from structlog.testing import capture_logs
 
 from gateway.log import (
@@ -230,3 +231,22 @@ async def test_lines_off_the_hot_path_without_a_holder_follow_the_step() -> None
     assert len(lines(stream)) == 1
     await asyncio.to_thread(info_off_the_hot_path, log, "relay.switched", relay="hall")
     assert [line["relay"] for line in lines(stream)] == ["yard", "hall"]
+
+
+def test_a_held_line_keeps_the_time_it_was_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line held while a command ran (a PA command's amplifier switch, seconds before
+    its reply) is stamped with the moment it was asked for, not the moment it is written;
+    lines written meanwhile keep their own time."""
+    stream = io.StringIO()
+    configure_logging(fmt="json", stream=stream, tz=UTC)
+    log = get_logger("relays")
+    clock = [1_800_000_000.25]
+    monkeypatch.setattr("gateway.log.time.time", lambda: clock[0])
+    with holding_lines() as held:
+        info_off_the_hot_path(log, "relay.switched", relay="amp")
+    clock[0] += 2.5
+    log.info("pa.started")
+    held.write()
+    stamps = {line["event"]: line["ts"] for line in lines(stream)}
+    assert stamps["relay.switched"] == "2027-01-15T08:00:00.250+00:00"
+    assert stamps["pa.started"] == "2027-01-15T08:00:02.750+00:00"
