@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.telemetry import CpuMeter, memory_use
 from tests.conftest import ConfigFile, Daemon, clean_env, free_port
 
 pytestmark = pytest.mark.slow
@@ -22,10 +23,11 @@ pytestmark = pytest.mark.slow
 HEAVY = ("numpy", "soundfile", "pyaudio", "segno")
 """Loaded by the first decode (numpy, soundfile), a real sound card (pyaudio) or the
 notice-board sheet (segno) only."""
-LAZY = ("gateway.backup", "tarfile", "gateway.configwords", "difflib")
+LAZY = ("gateway.backup", "tarfile", "gateway.configwords", "difflib", "psutil")
 """Loaded only by the paths that need them: the archive code (tarfile) by ``backup``/``restore`` and
 the web download, the plain-words configuration errors (and difflib's "did you mean") by
-a configuration that fails validation."""
+a configuration that fails validation. psutil is not used by the daemon at all (telemetry
+reads /proc)."""
 
 
 def test_importing_the_daemon_loads_no_audio_library() -> None:
@@ -128,3 +130,34 @@ def test_a_missing_card_is_one_line_and_no_alsa_or_jack_chatter(
     assert missing["event"] == "pa.device_missing"
     assert missing["level"] == "warning"
     assert "no output device 'hw:CARD=NoSuchCard,DEV=0'" in missing["reason"]
+
+
+_STAT = "cpu  {} 0 {} {} {} 0 0 0 {} 0\ncpu0 1 2 3 4 5 6 7 8 9 10\nintr 1 2 3\n"
+"""A /proc/stat: user nice system idle iowait irq softirq steal guest guest_nice."""
+
+
+def test_telemetry_cpu_is_busy_time_over_all_time_between_readings(tmp_path: Path) -> None:
+    """The telemetry's CPU figure (once psutil's, now read from /proc/stat): between two
+    readings 300 ticks of user+system out of 1,000, iowait counted as not busy, guest time
+    (already inside user) not counted twice; no time passed or a counter that went back
+    gives 0.0, never a negative or a crash."""
+    stat = tmp_path / "stat"
+    stat.write_text(_STAT.format(1000, 500, 8000, 100, 50))
+    meter = CpuMeter(stat)
+    # +250 user (+50 of it guest) +50 system, +600 idle, +100 iowait: busy 300 of 1,000.
+    stat.write_text(_STAT.format(1250, 550, 8600, 200, 100))
+    assert meter.percent() == 30.0
+    assert meter.percent() == 0.0  # nothing happened since
+    stat.write_text(_STAT.format(1000, 500, 8000, 100, 50))
+    assert meter.percent() == 0.0
+
+
+def test_telemetry_memory_counts_reclaimable_cache_as_free(tmp_path: Path) -> None:
+    """Memory used is what the kernel cannot hand out (MemTotal - MemAvailable), as
+    psutil and ``free`` report it: a Pi whose 512 MB are mostly page cache is not full."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(
+        "MemTotal:         500000 kB\nMemFree:           20000 kB\n"
+        "MemAvailable:     400000 kB\nBuffers:           10000 kB\nCached:           300000 kB\n"
+    )
+    assert memory_use(meminfo) == (20.0, 409.6)
