@@ -57,7 +57,6 @@ BARE_IMPORTS = (
     "gpiozero",
     "icmplib",
     "prometheus_client",
-    "psutil",
     "pydantic_settings",
     "structlog",
 )

@@ -49,13 +49,11 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.lastgood import fall_back, recall
 
 __all__ = [
-    "DEFAULT_CONFIG",
     "FORMAT",
     "MANIFEST",
     "VERSION",
     "BackupError",
     "Restored",
-    "add_arguments",
     "backup_to_file",
     "read_archive",
     "restore",
@@ -64,8 +62,6 @@ __all__ = [
     "write_backup",
 ]
 
-DEFAULT_CONFIG = Path("/etc/village-gateway/config.toml")
-"""Where install.sh puts the configuration (the unit's ``--config``)."""
 FORMAT = "village-gateway-backup"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -524,24 +520,6 @@ def iter_lines(restored: Restored) -> Iterator[str]:
 
 
 # -- the command line ------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser, *, making: bool) -> None:
-    """``backup``'s or ``restore``'s options."""
-    parser.add_argument("file", type=Path, metavar="FILE", help="the archive (.tar.gz)")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        metavar="PATH",
-        help=f"the configuration file (default {DEFAULT_CONFIG})",
-    )
-    if making:
-        parser.add_argument(
-            "--with-outbox",
-            action="store_true",
-            help="include the outbox: what was not yet sent to the commune",
-        )
 
 
 def _settings_to_back_up(config: Path) -> Settings:

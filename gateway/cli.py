@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway import backup as backup_command
 from gateway import send as send_command
 from gateway import watch as watch_command
 from gateway.checks import CheckReport, check_settings
@@ -32,6 +31,8 @@ __all__ = ["EXIT_BAD_CONFIG", "EXIT_CRASH", "main"]
 
 EXIT_CRASH = 1
 EXIT_BAD_CONFIG = 2
+DEFAULT_CONFIG = Path("/etc/village-gateway/config.toml")
+"""Where install.sh puts the configuration (the unit's ``--config``)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,14 +72,34 @@ def _parser() -> argparse.ArgumentParser:
     backup = commands.add_parser(
         "backup", help="write one archive of this gateway: config, password, schedules, clips"
     )
-    backup_command.add_arguments(backup, making=True)
+    _backup_arguments(backup, making=True)
     restore = commands.add_parser(
         "restore", help="check a backup and restore it (the service stopped), all or nothing"
     )
-    backup_command.add_arguments(restore, making=False)
+    _backup_arguments(restore, making=False)
 
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def _backup_arguments(parser: argparse.ArgumentParser, *, making: bool) -> None:
+    """``backup``'s or ``restore``'s options, defined here so that building the parser
+    does not import the archive code (:mod:`gateway.backup`: tarfile, gzip) into every
+    command, the daemon included."""
+    parser.add_argument("file", type=Path, metavar="FILE", help="the archive (.tar.gz)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="PATH",
+        help=f"the configuration file (default {DEFAULT_CONFIG})",
+    )
+    if making:
+        parser.add_argument(
+            "--with-outbox",
+            action="store_true",
+            help="include the outbox: what was not yet sent to the commune",
+        )
 
 
 def _print_config_error(error: ConfigError) -> None:
@@ -200,6 +221,18 @@ def _version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace) -> int:
+    from gateway.backup import run_backup  # noqa: PLC0415
+
+    return run_backup(args)
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from gateway.backup import run_restore  # noqa: PLC0415
+
+    return run_restore(args)
+
+
 def _set_password(args: argparse.Namespace) -> int:
     from gateway.web.setpassword import run as set_password  # noqa: PLC0415
 
@@ -211,8 +244,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check-config": lambda args: _check_config(args.path),
     "watch": watch_command.run,
     "send": send_command.run,
-    "backup": backup_command.run_backup,
-    "restore": backup_command.run_restore,
+    "backup": _backup,
+    "restore": _restore,
     "set-password": _set_password,
     "run": lambda args: _run(args.config, demo=args.demo),
 }

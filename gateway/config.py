@@ -29,7 +29,6 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway.configwords import plain_problem
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.schedule_rules import RuleProblem, Sun, check_schedules
 
@@ -606,6 +605,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _problems(error: ValidationError) -> list[ConfigProblem]:
     """Every problem of a failed validation, in plain words (:mod:`gateway.configwords`)."""
+    # Only a failed validation needs the sentences (and difflib's "did you mean").
+    from gateway.configwords import plain_problem  # noqa: PLC0415
+
     problems = []
     for item in error.errors(include_url=False):
         if isinstance(found := item.get("ctx", {}).get("error"), SchedulesInvalidError):

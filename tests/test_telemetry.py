@@ -1,4 +1,4 @@
-"""Telemetry: real psutil samples appended to a real outbox on a short interval."""
+"""Telemetry: real samples of this machine appended to a real outbox on a short interval."""
 
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.backup import BackupError, write_backup
 from gateway.config import Settings
+from gateway.errors import GatewayError
 from gateway.log import get_logger
 
 __all__ = ["BackupRoute", "register_backup"]
@@ -33,6 +33,10 @@ class BackupRoute:
         self._settings = settings
 
     def _build(self) -> Path:
+        # Imported by the first download, in this thread: the archive code (tarfile, gzip)
+        # is not worth keeping in a Pi Zero's memory for a route used once in a while.
+        from gateway.backup import write_backup  # noqa: PLC0415
+
         state_dir = self._settings.gateway.state_dir
         handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - removed by the caller
             prefix=".download-", suffix=".tar.gz", dir=state_dir, delete=False
@@ -45,7 +49,7 @@ class BackupRoute:
         """Build the archive and send it as an attachment."""
         try:
             path = await asyncio.to_thread(self._build)
-        except (BackupError, OSError) as exc:
+        except (GatewayError, OSError) as exc:  # BackupError is the one write_backup raises
             _log.error("web.backup_failed", error=str(exc))
             return web.json_response(
                 {"error": {"code": "failed", "message": f"the backup failed: {exc}"}}, status=500
