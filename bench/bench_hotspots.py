@@ -18,11 +18,11 @@ import os
 import sys
 import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import icmplib  # type: ignore[import-untyped]
-import psutil
 
 from gateway.component import Health
 from gateway.config import HotspotConfig, HttpProbe, IcmpProbe, TcpProbe, UplinkSection
@@ -135,20 +135,25 @@ async def _monitor(port: int, icmp: bool, duration_s: float) -> tuple[float, flo
     health = Health("hotspots", critical=False, heartbeat_timeout_s=None)
     task = asyncio.create_task(monitor.run(health))
     await asyncio.sleep(WARMUP_S)
-    process = psutil.Process()
-    rss_before = process.memory_info().rss
+    rss_before = _rss_bytes()
     cycles_before = _cycles(monitor)
     meter = _Meter()
     meter.start()
     await asyncio.sleep(duration_s)
     pct = meter.core_pct()
-    rss_growth_mb = (process.memory_info().rss - rss_before) / 1e6
+    rss_growth_mb = (_rss_bytes() - rss_before) / 1e6
     cycles = _cycles(monitor) - cycles_before
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     down = [n for n, h in monitor.snapshot()["hotspots"].items() if h["state"] != "up"]
     assert not down, f"hotspots not up on loopback: {down}"
     return pct, rss_growth_mb, cycles
+
+
+def _rss_bytes() -> int:
+    """This process's resident set, from ``/proc/self/statm`` (pages)."""
+    resident = int(Path("/proc/self/statm").read_text().split()[1])
+    return resident * os.sysconf("SC_PAGE_SIZE")
 
 
 def _cycles(monitor: HotspotMonitor) -> int:
