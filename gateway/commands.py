@@ -863,6 +863,9 @@ class Dispatcher:
         }
         if reply.error_code is not None:
             event["error"] = reply.error_code
+        if reply.error_detail is not None:
+            # The events page says why in words from it, as a reply's refusal does.
+            event["detail"] = reply.error_detail
         key = (command_type or "unknown", source, reply.status)
         self.counts[key] = self.counts.get(key, 0) + 1
         return event

@@ -194,6 +194,24 @@ async def test_bad_input_is_rejected_with_its_code(
     assert [(r["id"], r["status"]) for r in stored] == [(reply_id, "rejected")]
 
 
+async def test_a_refusals_event_says_why_as_its_reply_does(rig: Rig) -> None:
+    """A command refused for its arguments is stored as an event with the reply's
+    ``error.detail`` (reason, field), so the events page can say why in words instead of
+    a general sentence; a refusal without detail stores none."""
+    reply = await rig.dispatcher.dispatch(
+        command(id="r-1", args={"relay": "yard"}), "web", reply_up=False
+    )
+    await rig.dispatcher.dispatch(b"not json", "mqtt", reply_up=True)
+    assert reply.error_detail is not None
+    events = await rig.stored("events")
+    refused = {event["id"]: event for event in events if event["status"] == "rejected"}
+    assert refused["r-1"]["error"] == "bad_args"
+    assert refused["r-1"]["detail"] == reply.error_detail
+    assert refused["r-1"]["detail"]["field"] == "on"
+    assert "detail" not in refused[None]
+    assert refused[None]["error"] == "bad_json"
+
+
 async def test_same_id_twice_and_after_a_restart_is_duplicate(rig: Rig) -> None:
     """An id that already ran is answered duplicate and does not run again, also after a
     restart (ids are kept in SQLite)."""

@@ -503,6 +503,13 @@ def test_schedules_take_vietnamese_words_and_mark_the_wrong_row(
     page.click("#sched-revert")
     expect(page.locator("#sched-relays .sched-row.invalid")).to_have_count(0)
 
+    # The events page says why as well, from the refusal's detail: the row and the rule.
+    go(page, "events")
+    refused = page.locator("#ev-list li.ev").filter(has_text="bị từ chối — ")
+    expect(refused.first).to_contain_text(
+        f"bị từ chối — Dòng {before + 2}: giờ tắt: " + _TIME_RULE, timeout=LIVE_S
+    )
+
 
 _TIME_RULE = "giờ phải dạng 18:30, hoặc hoàng hôn / bình minh ± phút"
 
