@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import struct
 import subprocess
 import sys
 import threading
 import time
+import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +25,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
 
 from tests.conftest import REPO, Broker, Daemon, clean_env, free_port, terminate
 
@@ -39,6 +49,9 @@ CHROMIUM_ARGS = [
 PHONE: ViewportSize = {"width": 390, "height": 844}
 SMALL_PHONE: ViewportSize = {"width": 360, "height": 740}
 SCREENSHOTS = REPO / "build" / "screenshots"
+PASSWORD = "mật-khẩu-thôn-2026"  # noqa: S105 - a test password, non-ASCII on purpose
+LIVE_S = 30_000  # ms: generous, other engineers load the same 2 cores
+PAGES = ["overview", "lights", "pa", "wifi", "schedules", "events"]
 XSS_LABEL = "<img src=x onerror=alert(1)>"
 """A relay label that must render as text, never as an element."""
 
@@ -93,6 +106,55 @@ def phone_page(browser: Browser, base_url: str, viewport: ViewportSize = PHONE) 
     page.on("console", on_console)
     page.on("pageerror", lambda error: phone.errors.append(f"pageerror: {error}"))
     return phone
+
+
+def close_phone(phone: PhonePage) -> None:
+    """Close the phone's context; fail on a CSP violation or a page error it saw."""
+    phone.page.context.close()
+    blocked = [e for e in phone.errors if "Content Security Policy" in e or "pageerror" in e]
+    assert not blocked, blocked
+
+
+def log_in(phone: PhonePage, rig: WebRig, *, remember: bool = False) -> Page:
+    """Open the UI and log in with :data:`PASSWORD` (doing the first-run setup if no
+    test of the module did it yet); ``remember`` ticks "remember this phone"."""
+    page = phone.page
+    page.goto("/")
+    expect(page.locator("#page-login")).to_be_visible()
+    expect(page.locator("#setup-form:visible, #login-form:visible")).to_have_count(1)
+    if page.locator("#setup-form").is_visible():
+        page.fill("#setup-code", rig.setup_code())
+        page.fill("#setup-password", PASSWORD)
+        page.fill("#setup-password2", PASSWORD)
+        page.click("#setup-form button[type=submit]")
+    else:
+        page.fill("#login-password", PASSWORD)
+        page.locator("#login-remember").set_checked(remember)
+        page.click("#login-form button[type=submit]")
+    expect(page.locator("#tabs")).to_be_visible()
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=LIVE_S)
+    return page
+
+
+def go(page: Page, name: str) -> None:
+    """Open a page through the tab bar, as a finger would."""
+    page.click(f"#tabs a[data-page={name}]")
+    expect(page.locator(f"#page-{name}")).to_be_visible()
+
+
+def tone_wav(path: Path, seconds: float) -> Path:
+    """A 440 Hz tone of ``seconds`` as 16-bit mono WAV, made by the test."""
+    rate = 16_000
+    frames = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * n / rate)))
+        for n in range(int(rate * seconds))
+    )
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames)
+    return path
 
 
 class HotspotServer:

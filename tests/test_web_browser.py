@@ -9,26 +9,30 @@ English land in build/screenshots/ for review.
 from __future__ import annotations
 
 import json
-import math
 import re
-import struct
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.subscribe as mqtt_subscribe
 import pytest
-from playwright.sync_api import Browser, Dialog, Page, expect
+from playwright.sync_api import Browser, Dialog, expect
 
 from tests.browser import (
+    LIVE_S,
+    PAGES,
+    PASSWORD,
     SCREENSHOTS,
     XSS_LABEL,
     PhonePage,
     WebRig,
+    close_phone,
+    go,
     launch,
+    log_in,
     phone_page,
     start_rig,
+    tone_wav,
     wait_until,
 )
 from tests.conftest import REPO, Broker
@@ -36,9 +40,6 @@ from tests.conftest import REPO, Broker
 pytestmark = pytest.mark.slow
 
 STATIC = REPO / "gateway" / "web" / "static"
-PASSWORD = "mật-khẩu-thôn-2026"  # noqa: S105 - a test password, non-ASCII on purpose
-PAGES = ["overview", "lights", "pa", "wifi", "schedules", "events"]
-LIVE_S = 30_000  # ms: generous, other engineers load the same 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -58,35 +59,7 @@ def phone(browser: Browser, rig: WebRig) -> Iterator[PhonePage]:
     """A new phone (browser context); fails the test on a CSP violation or page error."""
     phone = phone_page(browser, rig.url)
     yield phone
-    phone.page.context.close()
-    blocked = [e for e in phone.errors if "Content Security Policy" in e or "pageerror" in e]
-    assert not blocked, blocked
-
-
-def log_in(phone: PhonePage, rig: WebRig) -> Page:
-    """Open the UI and log in (doing the first-run setup if no test did it yet)."""
-    page = phone.page
-    page.goto("/")
-    setup = page.locator("#setup-form")
-    expect(page.locator("#page-login")).to_be_visible()
-    expect(page.locator("#setup-form:visible, #login-form:visible")).to_have_count(1)
-    if setup.is_visible():
-        page.fill("#setup-code", rig.setup_code())
-        page.fill("#setup-password", PASSWORD)
-        page.fill("#setup-password2", PASSWORD)
-        page.click("#setup-form button[type=submit]")
-    else:
-        page.fill("#login-password", PASSWORD)
-        page.click("#login-form button[type=submit]")
-    expect(page.locator("#tabs")).to_be_visible()
-    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=LIVE_S)
-    return page
-
-
-def go(page: Page, name: str) -> None:
-    """Open a page through the tab bar, as a finger would."""
-    page.click(f"#tabs a[data-page={name}]")
-    expect(page.locator(f"#page-{name}")).to_be_visible()
+    close_phone(phone)
 
 
 def retained_state(rig: WebRig, broker: Broker, component: str) -> dict[str, Any]:
@@ -536,21 +509,6 @@ def test_page_reconnects_by_itself_and_says_so(phone: PhonePage, rig: WebRig) ->
     expect(card).to_have_attribute("data-on", "false" if was_on else "true", timeout=LIVE_S)
 
 
-def _wav(path: Path, seconds: float = 0.5) -> Path:
-    """A short 440 Hz tone as 16-bit mono WAV, made by the test."""
-    rate = 16_000
-    frames = b"".join(
-        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * n / rate)))
-        for n in range(int(rate * seconds))
-    )
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(frames)
-    return path
-
-
 def test_uploading_a_clip_adds_it_to_the_library(
     phone: PhonePage, rig: WebRig, tmp_path: Path
 ) -> None:
@@ -560,7 +518,7 @@ def test_uploading_a_clip_adds_it_to_the_library(
     go(page, "pa")
     reply = page.locator("#pa-upload-reply")
     page.fill("#pa-upload-name", "hop-thon")
-    page.set_input_files("#pa-upload-file", str(_wav(tmp_path / "hop.wav")))
+    page.set_input_files("#pa-upload-file", str(tone_wav(tmp_path / "hop.wav", 0.5)))
     page.click("#pa-upload")
     expect(reply).to_have_text("Đã lưu bản tin «hop-thon».", timeout=LIVE_S)
     expect(page.locator("#pa-clips li[data-clip=hop-thon]")).to_be_visible()

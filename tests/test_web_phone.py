@@ -11,11 +11,8 @@ to build/screenshots/.
 from __future__ import annotations
 
 import json
-import math
 import re
-import struct
 import urllib.request
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,25 +23,29 @@ from playwright.sync_api import Browser, Locator, Page, ViewportSize, WebSocketR
 from gateway.web.printout import wifi_payload
 from tests.browser import (
     HOTSPOT_SSID,
+    LIVE_S,
+    PAGES,
+    PASSWORD,
     PHONE,
     SCREENSHOTS,
     SMALL_PHONE,
     VILLAGE,
     PhonePage,
     WebRig,
+    close_phone,
+    go,
     launch,
+    log_in,
     phone_page,
     restart,
     start_rig,
+    tone_wav,
 )
 from tests.conftest import REPO, Broker
 
 pytestmark = pytest.mark.slow
 
 STATIC = REPO / "gateway" / "web" / "static"
-PASSWORD = "mật-khẩu-điện-thoại-2026"  # noqa: S105 - a test password
-PAGES = ["overview", "lights", "pa", "wifi", "schedules", "events"]
-LIVE_S = 30_000
 
 
 @pytest.fixture(scope="module")
@@ -69,49 +70,7 @@ def phone(browser: Browser, rig: WebRig) -> Iterator[PhonePage]:
     """A 360x740 phone; fails the test on a CSP violation or a page error."""
     phone = open_phone(browser, rig)
     yield phone
-    phone.page.context.close()
-    blocked = [e for e in phone.errors if "Content Security Policy" in e or "pageerror" in e]
-    assert not blocked, blocked
-
-
-def log_in(phone: PhonePage, rig: WebRig, *, remember: bool = False) -> Page:
-    """Open the UI and log in (doing the first-run setup if this module has not yet)."""
-    page = phone.page
-    page.goto("/")
-    expect(page.locator("#setup-form:visible, #login-form:visible")).to_have_count(1)
-    if page.locator("#setup-form").is_visible():
-        page.fill("#setup-code", rig.setup_code())
-        page.fill("#setup-password", PASSWORD)
-        page.fill("#setup-password2", PASSWORD)
-        page.click("#setup-form button[type=submit]")
-    else:
-        page.fill("#login-password", PASSWORD)
-        page.locator("#login-remember").set_checked(remember)
-        page.click("#login-form button[type=submit]")
-    expect(page.locator("#tabs")).to_be_visible()
-    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=LIVE_S)
-    return page
-
-
-def go(page: Page, name: str) -> None:
-    """Open a page through the tab bar, as a finger would."""
-    page.click(f"#tabs a[data-page={name}]")
-    expect(page.locator(f"#page-{name}")).to_be_visible()
-
-
-def _wav(path: Path, seconds: float = 0.4) -> Path:
-    """A short 440 Hz tone as 16-bit mono WAV, made by the test."""
-    rate = 16_000
-    frames = b"".join(
-        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * n / rate)))
-        for n in range(int(rate * seconds))
-    )
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(frames)
-    return path
+    close_phone(phone)
 
 
 def answered(reply: Locator) -> None:
@@ -165,7 +124,7 @@ def test_every_answer_lands_next_to_its_control(
         page.click("#pa-master-set")
         assert_near(page, page.locator("#pa-master-set"), page.locator("#pa-volume-reply"))
         page.fill("#pa-upload-name", f"thử {viewport['width']}")
-        page.set_input_files("#pa-upload-file", str(_wav(tmp_path / "t.wav")))
+        page.set_input_files("#pa-upload-file", str(tone_wav(tmp_path / "t.wav", 0.4)))
         page.click("#pa-upload")
         expect(page.locator("#pa-upload-reply")).to_have_attribute(
             "data-status", re.compile("done|error"), timeout=LIVE_S
@@ -538,7 +497,7 @@ def test_clip_library_names_listening_progress_and_delete(
         }"""
     )
     page.fill("#pa-upload-name", "Bản tin sáng")
-    page.set_input_files("#pa-upload-file", str(_wav(tmp_path / "sang.wav", seconds=2.0)))
+    page.set_input_files("#pa-upload-file", str(tone_wav(tmp_path / "sang.wav", 2.0)))
     expect(page.locator("#pa-upload-chosen")).to_have_text("sang.wav")
     page.click("#pa-upload")
     reply = page.locator("#pa-upload-reply")
