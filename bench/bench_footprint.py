@@ -22,6 +22,7 @@ of any daemon written on these libraries.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import statistics
@@ -33,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.outbox import PAGE_CACHE_KIB
 from tests.conftest import Broker, clean_env, free_port, terminate
 
 RUN_S = float(os.environ.get("BENCH_FOOTPRINT_S", "300"))
@@ -69,6 +71,73 @@ import os, socket, asyncio
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sock.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
 asyncio.run(asyncio.Event().wait())
+"""
+
+FLOOR_STEPS = (
+    ("asyncio",),
+    ("aiohttp.web",),
+    ("pydantic_settings",),
+    ("structlog",),
+    ("aiomqtt",),
+    ("gpiozero",),
+    ("prometheus_client",),
+    ("astral.sun", "icmplib"),
+)
+"""The bare baseline's libraries imported a step at a time, to show what its RSS is
+made of (a module two libraries share counts for the first that imports it)."""
+
+_FLOOR = """\
+import ctypes, gc, importlib, json, sys
+trim = ctypes.CDLL(None).malloc_trim
+def rss():
+    gc.collect()
+    trim(0)
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) for l in status if l.startswith("VmRSS")) / 1024
+out = [["interpreter", rss()]]
+for step in json.loads(sys.argv[1]):
+    for name in step:
+        importlib.import_module(name)
+    out.append([" + ".join(step), rss()])
+print(json.dumps(out))
+"""
+
+OUTAGE_RECORDS = 100_000
+"""Log records stored during an outage and then drained, for the outbox's RSS growth."""
+
+_OUTAGE = """\
+import asyncio, ctypes, gc, sys, tempfile
+from pathlib import Path
+import gateway.outbox
+from gateway.outbox import Outbox
+gateway.outbox.PAGE_CACHE_KIB = int(sys.argv[2])
+trim = ctypes.CDLL(None).malloc_trim
+def rss():
+    gc.collect()
+    trim(0)
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) for l in status if l.startswith("VmRSS")) / 1024
+async def main():
+    with tempfile.TemporaryDirectory() as folder:
+        outbox = await Outbox.open(
+            Path(folder), max_bytes=256 * 1024 * 1024, commit_window_s=0.0
+        )
+        before = rss()
+        line = {"level": "info", "event": "relay.switched", "relay": "yard", "on": True}
+        for n in range(int(sys.argv[1])):
+            outbox.append_nowait("logs", dict(line, n=n, text="x" * 200))
+            if n % 100 == 99:
+                await outbox.flush()
+        seq = 0
+        while batch := await outbox.read(
+            "logs", after_seq=seq, max_records=500, max_bytes=256 * 1024
+        ):
+            outbox.acknowledge(batch)
+            seq = batch.last_seq
+        await outbox.flush()
+        print(rss() - before)
+        await outbox.close()
+asyncio.run(main())
 """
 
 _OURS_IMPORT = """\
@@ -192,6 +261,38 @@ def _startups(
     return median(demo), median(bare), median(ours), median(empty)
 
 
+def _floor() -> str:
+    """What the bare baseline's RSS is made of, library by library (fresh interpreter)."""
+    import json  # noqa: PLC0415 - only here
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FLOOR, json.dumps(FLOOR_STEPS)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    steps = json.loads(done.stdout)
+    parts = [f"{steps[0][0]} {steps[0][1]:.1f}"]
+    parts += [
+        f"{name} +{now - before:.1f}" for (_, before), (name, now) in itertools.pairwise(steps)
+    ]
+    return f"{', '.join(parts)} = {steps[-1][1]:.1f} MB"
+
+
+def _outage_growth(cache_kib: int) -> float:
+    """MB of RSS an outbox keeps after storing and draining OUTAGE_RECORDS log records,
+    with SQLite's page cache at ``cache_kib`` per connection (fresh interpreter)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _OUTAGE, str(OUTAGE_RECORDS), str(cache_kib)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(done.stdout)
+
+
 def _import_lines() -> str:
     return "\n".join(f"import {name}" for name in BARE_IMPORTS)
 
@@ -220,6 +321,8 @@ def run() -> list[str]:
                 terminate(bare)
         finally:
             broker.stop()
+    floor = _floor()
+    ours_growth, default_growth = _outage_growth(PAGE_CACHE_KIB), _outage_growth(2000)
     cpu = 100 * (demo_after.cpu_s - demo_before.cpu_s) / CPU_WINDOW_S
     bare_cpu = 100 * (bare_after.cpu_s - bare_before.cpu_s) / CPU_WINDOW_S
     peers = ", ".join(f"{peer} {figure}" for peer, figure in PEER_RSS_MB)
@@ -231,6 +334,10 @@ def run() -> list[str]:
         f"{bare_after.rss_mb:.1f} MB = {demo_after.rss_mb / bare_after.rss_mb:.2f}x; "
         f"target <= {TARGET_RSS_MB:g} MB, issue #16 before {BEFORE_RSS_MB} MB; "
         f"peers (issue #16): {peers}",
+        f"RSS floor, the bare baseline a library at a time: {floor}",
+        f"outage: RSS the outbox keeps after {OUTAGE_RECORDS:,} log records were stored "
+        f"and drained {ours_growth:+.1f} MB (SQLite page cache {PAGE_CACHE_KIB} KiB per "
+        f"connection) vs {default_growth:+.1f} MB with SQLite's default 2,000 KiB, same run",
         f"idle CPU: demo {cpu:.2f} % of a core over the last {CPU_WINDOW_S:g} s "
         f"vs bare idle loop with the same libraries {bare_cpu:.2f} %; "
         f"target <= {TARGET_CPU_PCT} %, issue #16 before {BEFORE_CPU_PCT} %",

@@ -42,7 +42,7 @@ from gateway.clock import now_iso
 from gateway.errors import ConfigError, GatewayError
 from gateway.events import EventHub
 from gateway.log import HeldLines, get_logger, holding_lines, is_enabled
-from gateway.outbox import Outbox, Stream, encode_record
+from gateway.outbox import PAGE_CACHE_KIB, Outbox, Stream, encode_record
 
 __all__ = [
     "PRIORITIES",
@@ -365,6 +365,7 @@ class _Journal:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
         return conn
 
     def claim(self, claim: _Claim, now: float) -> bool:

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.outbox import Batch, Outbox, Stream
+from gateway.commands import _Journal
+from gateway.outbox import PAGE_CACHE_KIB, Batch, Outbox, Stream
 
 
 async def drain(outbox: Outbox, stream: Stream, *, ack: bool = True) -> list[dict[str, Any]]:
@@ -108,6 +109,28 @@ async def test_batches_are_bounded_ordered_and_resumable(tmp_path: Path) -> None
     assert payload["stream"] == "logs"
     assert [r["seq"] for r in payload["records"]] == list(range(1, 21))
     await outbox.close()
+
+
+async def test_sqlite_page_cache_is_bounded_on_every_long_lived_connection(
+    tmp_path: Path,
+) -> None:
+    """SQLite's default cache (2,000 KiB a connection) fills during a long outage's drain
+    and stays in the daemon's RSS; the outbox's writer and reader and the command
+    journal each keep at most PAGE_CACHE_KIB (bench/bench_footprint.py measures it)."""
+    outbox = await Outbox.open(tmp_path / "outbox")
+    journal = _Journal(tmp_path / "journal.db")
+    try:
+        connections = [outbox._write_conn, outbox._read_conn, journal._conn]
+        sizes = [
+            conn.execute("PRAGMA cache_size").fetchone()[0]
+            for conn in connections
+            if conn is not None
+        ]
+        assert sizes == [-PAGE_CACHE_KIB] * 3
+        assert PAGE_CACHE_KIB <= 512
+    finally:
+        journal.close()
+        await outbox.close()
 
 
 async def test_acknowledged_records_are_deleted(tmp_path: Path) -> None:

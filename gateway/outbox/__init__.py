@@ -64,6 +64,7 @@ from gateway.outbox.tail import Tail
 __all__ = [
     "DELIVERY_ORDER",
     "DROP_ORDER",
+    "PAGE_CACHE_KIB",
     "Batch",
     "Outbox",
     "OutboxStats",
@@ -77,6 +78,13 @@ _EPOCH_NAME = "outbox.epoch"
 _DISK_OVERHEAD = 1.35
 """Pages, B-tree and WAL around the payload: the byte budget is max_bytes / this."""
 _DROP_REPORT_INTERVAL_S = 10.0
+
+PAGE_CACHE_KIB: Final = 256
+"""SQLite's own page cache per long-lived connection (outbox writer and reader, command
+journal). SQLite's default, 2 MiB each, fills during a long outage's drain and is never
+given back: +4.8 MB of RSS after 100,000 records went up, against +1.1 MB at 256 KiB,
+with the same drain time. The kernel's page cache still holds the file, so a page
+SQLite drops costs a ``pread``, not a read from the card. A Pi Zero 2 W has 512 MB."""
 
 _log = get_logger("outbox")
 
@@ -200,6 +208,7 @@ class Outbox:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
         return conn
 
     def _open_write_connection(self) -> sqlite3.Connection:
