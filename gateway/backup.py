@@ -24,6 +24,7 @@ not carry them; restore lists the ones missing on this machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import io
@@ -47,6 +48,7 @@ from gateway.clock import now_iso
 from gateway.config import Settings, load_settings, parse_settings
 from gateway.errors import ConfigError, GatewayError
 from gateway.lastgood import fall_back, recall
+from gateway.statelock import StateFolderBusyError, StateLock
 
 __all__ = [
     "FORMAT",
@@ -424,12 +426,31 @@ def restore(path: Path, config: Path) -> Restored:
                 "sudo systemctl stop village-gateway"
             )
         state_dir = settings.gateway.state_dir.absolute()
-        return _swap(
-            scratch, state_dir, config, has_config=has_config, stamp=stamp, manifest=manifest,
-            settings=settings,
-        )  # fmt: skip
+        with _holding(state_dir):
+            return _swap(
+                scratch, state_dir, config, has_config=has_config, stamp=stamp,
+                manifest=manifest, settings=settings,
+            )  # fmt: skip
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _holding(state_dir: Path) -> Iterator[None]:
+    """The daemon's own lock on the state folder, for the whole swap: a gateway started
+    meanwhile waits for none of it and refuses to start instead (gateway.statelock)."""
+    if not state_dir.is_dir():
+        yield
+        return
+    lock = StateLock(state_dir)
+    try:
+        lock.acquire()
+    except StateFolderBusyError as exc:
+        raise BackupError(f"{exc}: stop it first, sudo systemctl stop village-gateway") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _scratch_dir(config: Path) -> Path:

@@ -21,7 +21,7 @@ import pytest
 from gateway import backup
 from gateway.backup import MANIFEST, BackupError, read_archive
 from gateway.cli import main
-from tests.conftest import REPO, Broker, ConfigFile, Daemon, clean_env
+from tests.conftest import REPO, Broker, ConfigFile, Daemon, clean_env, free_port
 from tests.test_downlink import send
 
 PASSWORD = "mật khẩu của thôn"  # noqa: S105 - a test password
@@ -308,6 +308,35 @@ def test_restore_refuses_while_the_gateway_runs(tmp_path: Path) -> None:
         assert main(["backup", str(archive), "--config", str(config)]) == 0
         with pytest.raises(BackupError, match="the gateway is running"):
             backup.restore(archive, config)
+
+
+def test_restore_refuses_a_state_folder_a_gateway_holds(
+    config_file: ConfigFile, start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A gateway whose web port is not the one in the configuration (an override, the
+    web turned off) is still found: it holds the state folder's lock, so restore names its
+    pid and changes nothing; the gateway goes on serving."""
+    elsewhere = free_port()
+    daemon = start_daemon(
+        "--config",
+        str(config_file.path),
+        web_port=elsewhere,
+        env=clean_env(VG_WEB__PORT=str(elsewhere)),
+    )
+    daemon.wait_healthy(within_s=15)
+    archive = tmp_path / "live.tar.gz"
+    assert main(["backup", str(archive), "--config", str(config_file.path)]) == 0
+    with pytest.raises(
+        BackupError,
+        match=rf"is in use by another gateway \(pid {daemon.process.pid}\): stop it first",
+    ):
+        backup.restore(archive, config_file.path)
+    assert not list(tmp_path.glob("*before-restore*"))
+    assert not list(tmp_path.glob(".*restoring*"))
+    assert daemon.get("/healthz")[0] == 200
+    assert daemon.stop()[0] == 0
+    backup.restore(archive, config_file.path)  # stopped: the same archive goes in
+    assert list(tmp_path.glob("state.before-restore-*"))
 
 
 def test_a_newer_format_is_refused(archive: Path, tmp_path: Path) -> None:

@@ -137,6 +137,36 @@ def test_a_short_signing_key_is_refused(config_file: ConfigFile, tmp_path: Path)
     assert f"commands.hmac_key_file: {key_file} holds 6 bytes" in result.stderr
 
 
+def test_a_second_gateway_on_the_same_state_folder_is_refused(
+    config_file: ConfigFile, start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """`village-gateway run` typed by hand while the service runs would hand out the
+    outbox's seqs a second time: it stops with exit 2 naming gateway.state_dir and the
+    running one's pid, even on another web port; the first one goes on serving. Once the
+    first has stopped, the folder is free again."""
+    first = start_daemon("--config", str(config_file.path), web_port=config_file.web_port)
+    first.wait_healthy(within_s=15)
+    other_port = free_port()
+    result = run_to_exit(
+        "--config", str(config_file.path), env=clean_env(VG_WEB__PORT=str(other_port))
+    )
+    assert result.returncode == EXIT_BAD_CONFIG, result.stderr
+    assert (
+        f"gateway.state_dir: {config_file.state_dir} is in use by another gateway "
+        f"(pid {first.process.pid}): stop it first" in result.stderr
+    )
+    assert first.get("/healthz")[0] == 200
+    assert first.stop()[0] == 0
+    again = start_daemon(
+        "--config",
+        str(config_file.path),
+        web_port=other_port,
+        env=clean_env(VG_WEB__PORT=str(other_port)),
+    )
+    again.wait_healthy(within_s=15)
+    assert again.stop()[0] == 0
+
+
 def test_port_taken(config_file: ConfigFile) -> None:
     """If another program holds the web port, start-up stops with exit 2 naming web.port,
     instead of running without its UI."""

@@ -46,6 +46,7 @@ from gateway.metrics import build_registry
 from gateway.outbox import Outbox
 from gateway.pa import PublicAddress
 from gateway.state import StateStore
+from gateway.statelock import StateFolderBusyError, StateLock
 from gateway.statemetrics import StateCollector
 from gateway.system import SystemMonitor, clock_synced
 from gateway.systemd import Notifier, watchdog_interval
@@ -393,7 +394,15 @@ class App:
 
     async def run(self) -> int:
         """Start, run until stopped, stop. Returns the exit status (0)."""
-        _prepare_state_dir(self.settings.gateway.state_dir)
+        state_dir = self.settings.gateway.state_dir
+        _prepare_state_dir(state_dir)
+        lock = _lock_state_dir(state_dir)
+        try:
+            return await self._run()
+        finally:
+            lock.release()
+
+    async def _run(self) -> int:
         self._parts = parts = await self._build()
         self._settle_config()
         self.web.attach(
@@ -597,6 +606,24 @@ def _prepare_state_dir(path: Path) -> None:
         raise StartupError.single(
             "gateway.state_dir", f"{path} is not a writable folder: {exc.strerror or exc}"
         ) from exc
+
+
+def _lock_state_dir(path: Path) -> StateLock:
+    """Hold the state folder for this daemon alone (see :mod:`gateway.statelock`)."""
+    lock = StateLock(path)
+    try:
+        lock.acquire()
+    except StateFolderBusyError as exc:
+        raise StartupError.single(
+            "gateway.state_dir",
+            f"{exc}: stop it first (sudo systemctl stop village-gateway), or give this "
+            "one a gateway.state_dir of its own",
+        ) from exc
+    except OSError as exc:
+        raise StartupError.single(
+            "gateway.state_dir", f"cannot lock {lock.path}: {exc.strerror or exc}"
+        ) from exc
+    return lock
 
 
 async def _wait_bounded(tasks: Sequence[asyncio.Task[Any]], limit_s: float) -> None:
