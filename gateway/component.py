@@ -22,7 +22,7 @@ from gateway.log import get_logger
 if TYPE_CHECKING:
     from gateway.config import Settings
 
-__all__ = ["Backoff", "Component", "EventSink", "Health", "supervise"]
+__all__ = ["Backoff", "Component", "EventSink", "Health", "supervise", "wait_for_event"]
 
 Clock = Callable[[], float]
 EventSink = Callable[[dict[str, Any]], None]
@@ -30,6 +30,22 @@ EventSink = Callable[[dict[str, Any]], None]
 on purpose: a component never waits for storage (the hub queues, the outbox commits off
 the event loop), so a relay switch is not held up by a disk."""
 State = Literal["starting", "running", "backoff", "stopped"]
+
+
+async def wait_for_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until ``event`` is set or ``timeout_s`` has passed; True if it was set.
+
+    What a component's loop does between two rounds, so an idle daemon does it most
+    often. ``asyncio.wait_for`` wraps ``event.wait()`` in a task of its own, and its
+    timeout then cancels that task and waits for it: four turns of the loop and a task
+    object per round. A timeout around the wait in this task takes one timer and two.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 @dataclass(slots=True)

@@ -41,7 +41,6 @@ keep their own method. ``tests/test_relays.py`` proves this with a recording moc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import sys
@@ -55,7 +54,7 @@ from gpiozero import Device, DigitalOutputDevice, Factory, GPIOZeroError
 from gpiozero.pins import Pin
 
 from gateway.clock import local_iso
-from gateway.component import Component, EventSink, Health
+from gateway.component import Component, EventSink, Health, wait_for_event
 from gateway.config import RelayConfig
 from gateway.errors import GatewayError
 from gateway.files import LatestWriter
@@ -328,8 +327,7 @@ class RelayBank(Component):
                 await self._commit()
             self._wake.clear()
             delay = min(_BEAT_S, max(0.0, self._next_wake() - self._mono()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            await wait_for_event(self._wake, delay)
 
     # ------------------------------------------------------------------ commands
 

@@ -21,7 +21,6 @@ Sun times come from astral at the gateway's coordinates, in the gateway's time z
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.component import Component, Health
+from gateway.component import Component, Health, wait_for_event
 from gateway.config import BroadcastSchedule, RelaySchedule, SchedulesSection
 from gateway.errors import GatewayError
 from gateway.files import write_atomic
@@ -442,8 +441,7 @@ class Scheduler(Component):
             self._wake.clear()
             delay = await self.step()
             health.beat()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            await wait_for_event(self._wake, delay)
 
     async def step(self) -> float:
         """One evaluation on the current clock; returns the seconds until the next one."""

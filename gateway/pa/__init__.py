@@ -35,7 +35,7 @@ from gateway.commands import (
     Source,
     new_id,
 )
-from gateway.component import Component, EventSink, Health
+from gateway.component import Component, EventSink, Health, wait_for_event
 from gateway.config import Settings
 from gateway.errors import GatewayError
 from gateway.files import write_atomic
@@ -155,8 +155,7 @@ class PublicAddress(Component):
                 published = snapshot
             self._dirty.clear()
             period = 1.0 if self.player.snapshot()["playing"] else 5.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout=period)
+            await wait_for_event(self._dirty, period)
 
     def snapshot(self) -> dict[str, Any]:
         """``state/pa`` as PROTOCOL.md has it (plus a few helpful fields)."""
