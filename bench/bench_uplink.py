@@ -16,13 +16,14 @@ machine and broker (a real mosquitto on loopback with TCP_NODELAY):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,15 @@ def _record(n: int) -> dict[str, Any]:
     }
 
 
-def _disk_dir() -> Path:
-    """A folder on a real block device: tmpfs writes never reach write_bytes."""
+@contextlib.contextmanager
+def _disk_dir() -> Iterator[Path]:
+    """A folder on a real block device (tmpfs writes never reach write_bytes), removed
+    afterwards with everything in it."""
     base = Path("/var/tmp")  # noqa: S108 - a benchmark's scratch space, removed after
-    return Path(tempfile.mkdtemp(prefix="vg-bench-", dir=base if base.exists() else None))
+    with tempfile.TemporaryDirectory(
+        prefix="vg-bench-", dir=base if base.exists() else None
+    ) as name:
+        yield Path(name)
 
 
 def _write_bytes() -> int:
@@ -133,7 +139,13 @@ async def bare_publisher(broker: Broker, bodies: list[bytes]) -> float:
 
 async def link_drain(broker: Broker, count: int) -> tuple[float, float, list[float]]:
     """(records/s draining ``count`` buffered records, write amplification, reply latencies)."""
-    state_dir = _disk_dir()
+    with _disk_dir() as state_dir:
+        return await _drain_in(state_dir, broker, count)
+
+
+async def _drain_in(
+    state_dir: Path, broker: Broker, count: int
+) -> tuple[float, float, list[float]]:
     gateway = f"bench.{uuid.uuid4().hex[:6]}"
     outbox = await Outbox.open(state_dir)
     writes_before = _write_bytes()
@@ -177,8 +189,12 @@ async def link_drain(broker: Broker, count: int) -> tuple[float, float, list[flo
 
 async def ingest_rates(count: int) -> tuple[float, float]:
     """(outbox appends/s, plain sqlite3 one-commit-per-row inserts/s)."""
+    with _disk_dir() as folder:
+        return await _ingest_in(folder, count)
+
+
+async def _ingest_in(folder: Path, count: int) -> tuple[float, float]:
     records = [_record(n) for n in range(count)]
-    folder = _disk_dir()
     outbox = await Outbox.open(folder / "outbox")
     started = time.perf_counter()
     await asyncio.gather(*(outbox.append("events", r) for r in records))
