@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
-from types import TracebackType
 
 __all__ = ["LOCK_NAME", "StateFolderBusyError", "StateLock", "holder_of"]
 
@@ -37,8 +36,8 @@ class StateFolderBusyError(OSError):
 
 
 class StateLock:
-    """The exclusive lock on one state folder; :meth:`acquire` it, :meth:`release` it
-    (or use it as a context manager). Not re-entrant."""
+    """The exclusive lock on one state folder: :meth:`acquire`, then :meth:`release`.
+    Not re-entrant."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -65,22 +64,6 @@ class StateLock:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def __enter__(self) -> StateLock:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 def holder_of(folder: Path) -> int | None:

@@ -81,10 +81,11 @@ _DROP_REPORT_INTERVAL_S = 10.0
 
 PAGE_CACHE_KIB: Final = 256
 """SQLite's own page cache per long-lived connection (outbox writer and reader, command
-journal). SQLite's default, 2 MiB each, fills during a long outage's drain and is never
-given back: +4.8 MB of RSS after 100,000 records went up, against +1.1 MB at 256 KiB,
-with the same drain time. The kernel's page cache still holds the file, so a page
-SQLite drops costs a ``pread``, not a read from the card. A Pi Zero 2 W has 512 MB."""
+journal). SQLite's default, 2,000 KiB each, fills during a long outage's drain and is
+never given back: +3.0 to +4.7 MB of RSS kept after 100,000 records went up, against
++1.2 MB at 256 KiB, at the same drain rate (bench/bench_footprint.py prints both).
+The kernel's page cache still holds the file, so a page SQLite drops costs a ``pread``,
+not a read from the card. A Pi Zero 2 W has 512 MB."""
 
 _log = get_logger("outbox")
 
