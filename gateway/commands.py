@@ -552,12 +552,14 @@ class Dispatcher:
         ``payload`` already parsed by the adapter (it is not parsed twice).
         """
         started = time.monotonic()
+        data = decoded
         try:
-            data = decoded if decoded is not None else self._decode(payload)
+            if data is None:
+                data = self._decode(payload)
             command, args = self._validate(data)
         except CommandError as exc:
             reply = Reply.refused(exc.command_id, exc)
-            return self._answer_now(reply, None, source, reply_up, started)
+            return self._answer_now(reply, _known_type(data), source, reply_up, started)
         verdict = self._judge(command, payload, data, source, reply_up=reply_up, durable=durable)
         if verdict is not None:
             return self._answer_now(verdict, command.type, source, reply_up, started)
@@ -958,6 +960,13 @@ def _first_detail(exc: ValidationError) -> dict[str, Any]:
     if len(loc) > 1:
         detail["key"] = ".".join(str(part) for part in loc[1:])
     return detail
+
+
+def _known_type(data: object) -> str | None:
+    """The type a command refused before it ran says it is, if it is one of ours: its
+    event then names it ("relay.set refused: on is missing"), not "a command"."""
+    kind = data.get("type") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) and kind in ARGS else None
 
 
 def new_id(source: Source) -> str:

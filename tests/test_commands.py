@@ -196,18 +196,22 @@ async def test_bad_input_is_rejected_with_its_code(
 
 async def test_a_refusals_event_says_why_as_its_reply_does(rig: Rig) -> None:
     """A command refused for its arguments is stored as an event with the reply's
-    ``error.detail`` (reason, field), so the events page can say why in words instead of
-    a general sentence; a refusal without detail stores none."""
+    ``error.detail`` (reason, field) and the type it says it is when that is one of ours,
+    so the events page can say which command and why in words instead of a general
+    sentence; a refusal without detail stores none, and an unknown type is not echoed."""
     reply = await rig.dispatcher.dispatch(
         command(id="r-1", args={"relay": "yard"}), "web", reply_up=False
     )
     await rig.dispatcher.dispatch(b"not json", "mqtt", reply_up=True)
+    await rig.dispatcher.dispatch(command(id="r-2", type="relay.explode"), "mqtt")
     assert reply.error_detail is not None
     events = await rig.stored("events")
     refused = {event["id"]: event for event in events if event["status"] == "rejected"}
     assert refused["r-1"]["error"] == "bad_args"
     assert refused["r-1"]["detail"] == reply.error_detail
     assert refused["r-1"]["detail"]["field"] == "on"
+    assert refused["r-1"]["command"] == "relay.set"
+    assert refused["r-2"]["command"] is None
     assert "detail" not in refused[None]
     assert refused[None]["error"] == "bad_json"
 

@@ -331,9 +331,10 @@ def test_schedules_are_saved_as_one_command_with_validation_messages(
 
 def test_events_arrive_live_and_can_be_filtered(phone: PhonePage, rig: WebRig) -> None:
     """The events page shows a command sent from another page as it happens, as one
-    sentence per action ("Đèn sân bật — từ điện thoại — 19:02"): the switch, not also the
-    command that caused it. A refused command reads as a sentence with its reason. Log
-    lines stay behind their own filter; the filters narrow the list by kind and text."""
+        sentence per action ("Đèn sân bật — từ điện thoại — 19:02"): the switch, not also the
+        command that caused it. A refused command reads as a sentence with its reason, a missing
+    argument named in the command's words. Log
+        lines stay behind their own filter; the filters narrow the list by kind and text."""
     page = log_in(phone, rig)
     go(page, "events")
     sent = page.evaluate(
@@ -348,18 +349,24 @@ def test_events_arrive_live_and_can_be_filtered(phone: PhonePage, rig: WebRig) -
                 await send('ui-events-0', {relay: 'yard', on: false}),
                 await send('ui-events-1', {relay: 'yard', on: true}),
                 await send('ui-events-2', {relay: 'nope', on: true}),
+                await send('ui-events-3', {relay: 'yard'}),
             ];
         }"""
     )
-    assert sent == ["done", "done", "rejected"]
+    assert sent == ["done", "done", "rejected", "rejected"]
     items = page.locator("#ev-list li.ev")
     switched = items.filter(has_text=re.compile(r"^Đèn sân bật — từ điện thoại — \d\d:\d\d$"))
     expect(switched.first).to_be_visible(timeout=LIVE_S)
     expect(switched.first).to_have_attribute("data-type", "relay.switched")
     refused = items.filter(has_text="Bật/tắt đèn: bị từ chối — ")
-    expect(refused.first).to_be_visible(timeout=LIVE_S)
-    expect(refused.first).to_contain_text("Không tìm thấy thứ được chọn")
-    expect(refused.first).to_contain_text("— từ điện thoại — ")
+    no_such = refused.filter(has_text="Không tìm thấy thứ được chọn")
+    expect(no_such).to_have_count(1, timeout=LIVE_S)
+    expect(no_such).to_contain_text("— từ điện thoại — ")
+    # A missing argument is named as the command calls it (relay.set's "on" is on-or-off,
+    # not a schedule row's on time, "giờ bật"), and the line names the command.
+    expect(refused.filter(has_text="bị từ chối — Thiếu bật hay tắt")).to_have_count(1)
+    expect(items.filter(has_text="giờ bật")).to_have_count(0)
+    expect(items.filter(has_text="Một lệnh")).to_have_count(0)
     # One line per tap: the successful relay.set is not listed beside its switch.
     expect(items.filter(has_text="Bật/tắt đèn: đã thực hiện")).to_have_count(0)
     expect(page.locator("#ev-list li[data-category=log]")).to_have_count(0)

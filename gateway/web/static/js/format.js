@@ -66,7 +66,7 @@ function capital(text) {
 
 /** One problem of ``error.detail`` (reason, key, params) in words, without its row. */
 export function problemText(detail) {
-  const params = { ...detail, key_name: fieldName(detail.key || detail.field) };
+  const params = { ...detail, key_name: fieldName(detail) };
   if (typeof detail.max_bytes === "number") params.max_mb = num(detail.max_bytes / 1e6, 0);
   const reason = either(`reason.${detail.reason}`, "reason.unknown", params);
   const field = detail.key; // a row's key (on, off, days...): said before the reason
@@ -81,8 +81,16 @@ export function reasonText(detail) {
   return detail.row ? t("reason.row", { row: detail.row, reason: sentence }) : capital(sentence);
 }
 
-function fieldName(key) {
-  return key && has(`field.${key}`) ? t(`field.${key}`) : t("field.clip");
+/**
+ * What a problem is about, in words: a row's key ("on" is a schedule row's on time), else
+ * a command's argument ("on" of relay.set is on-or-off), else a neutral word.
+ */
+function fieldName(detail) {
+  if (detail.key) return has(`field.${detail.key}`) ? t(`field.${detail.key}`) : t("field.other");
+  for (const key of [`arg.${detail.field}`, `field.${detail.field}`]) {
+    if (detail.field && has(key)) return t(key);
+  }
+  return t("field.other");
 }
 
 /** The sentence for an API or reply error: {code, detail?}; ``message`` is never shown. */
