@@ -86,14 +86,22 @@ FLOOR_STEPS = (
 """The bare baseline's libraries imported a step at a time, to show what its RSS is
 made of (a module two libraries share counts for the first that imports it)."""
 
-_FLOOR = """\
-import ctypes, gc, importlib, json, sys
+_RSS = """\
+import ctypes, gc
 trim = ctypes.CDLL(None).malloc_trim
 def rss():
     gc.collect()
     trim(0)
     with open("/proc/self/status") as status:
         return next(int(l.split()[1]) for l in status if l.startswith("VmRSS")) / 1024
+"""
+"""``rss()`` for the scripts below: MB resident after a collection and a trim, so freed
+heap does not count."""
+
+_FLOOR = (
+    _RSS
+    + """\
+import importlib, json, sys
 out = [["interpreter", rss()]]
 for step in json.loads(sys.argv[1]):
     for name in step:
@@ -101,22 +109,19 @@ for step in json.loads(sys.argv[1]):
     out.append([" + ".join(step), rss()])
 print(json.dumps(out))
 """
+)
 
 OUTAGE_RECORDS = 100_000
 """Log records stored during an outage and then drained, for the outbox's RSS growth."""
 
-_OUTAGE = """\
-import asyncio, ctypes, gc, sys, tempfile
+_OUTAGE = (
+    _RSS
+    + """\
+import asyncio, sys, tempfile
 from pathlib import Path
 import gateway.outbox
 from gateway.outbox import Outbox
 gateway.outbox.PAGE_CACHE_KIB = int(sys.argv[2])
-trim = ctypes.CDLL(None).malloc_trim
-def rss():
-    gc.collect()
-    trim(0)
-    with open("/proc/self/status") as status:
-        return next(int(l.split()[1]) for l in status if l.startswith("VmRSS")) / 1024
 async def main():
     with tempfile.TemporaryDirectory() as folder:
         outbox = await Outbox.open(
@@ -139,6 +144,7 @@ async def main():
         await outbox.close()
 asyncio.run(main())
 """
+)
 
 _OURS_IMPORT = """\
 import time
